@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Records (or checks) llama.cpp's reference output for llm-worker-rbee's tests.
+
+Runs llama-cpp-python on the SmolLM2 GGUF and writes
+worker-image/tests/fixtures/smollm2-llamacpp.json with:
+  - tokenization: token ids of a few prompts (special tokens parsed, no BOS added)
+  - chat: the chat prompt rendered with the GGUF's own chat template (jinja2), its token
+    ids, and the greedy completion (token ids and text) for max_tokens tokens.
+
+Usage:
+  llamacpp-reference.py --gguf PATH [--out FILE]   write the fixture
+  llamacpp-reference.py --gguf PATH --check        regenerate and compare with the
+                                                   committed fixture (exit 1 on a difference)
+Run it with the venv python printed by scripts/setup-python.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures", "smollm2-llamacpp.json")
+
+TOKENIZE_PROMPTS = [
+    "Hello, world!",
+    "The year 2024 had 366 days.",
+    "  leading spaces and\ttabs\nnew lines",
+    "<|im_start|>user\nWhat is 12+34?<|im_end|>\n",
+    "Ünïcödé — naïve café 日本語 🙂",
+]
+CHAT_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+MAX_TOKENS = 32
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build(gguf):
+    import jinja2
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=2, seed=0, verbose=False)
+    tokenization = [
+        {"text": t, "ids": llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)}
+        for t in TOKENIZE_PROMPTS
+    ]
+    template = llm.metadata["tokenizer.chat_template"]
+    prompt = jinja2.Environment().from_string(template).render(
+        messages=CHAT_MESSAGES, add_generation_prompt=True
+    )
+    prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    eog = {llm.token_eos()}
+    for name in ("<|im_end|>", "<|endoftext|>"):
+        ids = llm.tokenize(name.encode(), add_bos=False, special=True)
+        if len(ids) == 1:
+            eog.add(ids[0])
+    out = []
+    for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
+                            repeat_penalty=1.0, reset=True):
+        if tok in eog or len(out) >= MAX_TOKENS:
+            break
+        out.append(tok)
+    text = llm.detokenize(out).decode("utf-8", errors="replace")
+    return {
+        "generator": "worker-image/scripts/llamacpp-reference.py",
+        "llama_cpp_python": llama_cpp.__version__,
+        "model_sha256": sha256(gguf),
+        "tokenization": tokenization,
+        "chat": {
+            "messages": CHAT_MESSAGES,
+            "prompt": prompt,
+            "prompt_ids": prompt_ids,
+            "max_tokens": MAX_TOKENS,
+            "completion_ids": out,
+            "completion_text": text,
+        },
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", required=True, help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="fixture file (default: %(default)s)")
+    ap.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
+    args = ap.parse_args()
+    ref = build(args.gguf)
+    if args.check:
+        with open(args.out, encoding="utf-8") as f:
+            committed = json.load(f)
+        keys = ("model_sha256", "tokenization", "chat")
+        diff = [k for k in keys if committed.get(k) != ref.get(k)]
+        if diff:
+            print(f"llamacpp-reference: fixture differs in {diff}: rerun without --check", file=sys.stderr)
+            print(json.dumps({k: ref[k] for k in diff}, ensure_ascii=False, indent=1), file=sys.stderr)
+            return 1
+        print("llamacpp-reference: fixture matches llama.cpp", file=sys.stderr)
+        return 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(ref, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"llamacpp-reference: wrote {os.path.abspath(args.out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+//! Command-line flags; every flag defaults to the environment variable the operator sets.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use rbee_api::names::env;
+use rbee_api::worker::Backend;
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Host CPU.
+    Cpu,
+    /// NVIDIA GPU (needs a build with the `cuda` feature).
+    Cuda,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Cuda => Backend::Cuda,
+        }
+    }
+}
+
+/// Candle-based LLM inference server with an OpenAI-compatible API
+/// (/v1/completions, /v1/chat/completions, /v1/models), /health and /metrics.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "llm-worker-rbee", version, about, long_about = None)]
+pub struct Args {
+    /// Model to serve: a .gguf file (quantized Llama-family; its tokenizer and chat template
+    /// are read from the GGUF metadata), or a directory holding *.safetensors, config.json
+    /// and tokenizer.json (plus tokenizer_config.json for the chat template).
+    #[arg(long, env = env::MODEL_PATH, value_name = "PATH")]
+    pub model: PathBuf,
+
+    /// tokenizer.json to use instead of the one in the GGUF metadata or model directory.
+    #[arg(long, env = env::TOKENIZER_PATH, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Name the model is served under in /v1/models and responses (default: the file or
+    /// directory name without extension).
+    #[arg(long, env = env::MODEL_NAME)]
+    pub model_name: Option<String>,
+
+    /// Expected sha256 (64 hex digits) of the .gguf file; loading fails on a mismatch.
+    #[arg(long, env = env::MODEL_SHA256, value_name = "HEX")]
+    pub model_sha256: Option<String>,
+
+    /// Most tokens (prompt + completion) per request; at most the model's own context length.
+    #[arg(long, env = env::CONTEXT_LENGTH, value_name = "TOKENS")]
+    pub context_length: Option<usize>,
+
+    /// Compute backend. `cuda` needs a build with the `cuda` cargo feature.
+    #[arg(long, env = env::BACKEND, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+
+    /// CUDA device ordinal (ignored by the cpu backend).
+    #[arg(long, env = env::DEVICE, default_value_t = 0)]
+    pub device: u32,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = env::BIND_ADDRESS, default_value = "0.0.0.0:8080", value_name = "HOST:PORT")]
+    pub bind_address: String,
+
+    /// Compute threads of the cpu backend (default: one per core).
+    #[arg(long, env = env::THREADS)]
+    pub threads: Option<usize>,
+
+    /// Requests that may wait for a generation slot; more are answered 429.
+    #[arg(long, env = "RBEE_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// Requests generated concurrently, interleaved one token each per turn.
+    #[arg(long, env = "RBEE_MAX_BATCH", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+
+    /// Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.
+    #[arg(long, env = "RBEE_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Args {
+    /// Device label for logs, metrics and /health: `cpu` or `cuda:N`.
+    pub fn device_label(&self) -> String {
+        match self.backend {
+            BackendArg::Cpu => "cpu".into(),
+            BackendArg::Cuda => format!("cuda:{}", self.device),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Wires the pieces together: engine thread, HTTP server, graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::EngineStatus;
+use crate::cli::Args;
+use crate::engine::{EngineConfig, engine};
+use crate::metrics::Metrics;
+use crate::model::{LoadOptions, device_for};
+
+/// Runs the worker until SIGTERM/SIGINT: serves HTTP at once (503 while loading), loads the
+/// model on the engine thread, then drains in-flight requests within the grace period.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        // candle's CPU kernels use rayon's global pool.
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            tracing::warn!(error = %e, "cannot set the number of compute threads");
+        }
+    }
+    let backend = args.backend.into();
+    let device = device_for(backend, args.device)?;
+    let status = EngineStatus::new(backend, args.device_label());
+    let metrics = Metrics::new(backend.as_str(), &args.device_label());
+    let config = EngineConfig { max_queue: args.max_queue, max_batch: args.max_batch as usize };
+    let (handle, runner) = engine(config, status.clone(), metrics);
+    let listener = TcpListener::bind(&args.bind_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind_address))?;
+    tracing::info!(address = %args.bind_address, "listening");
+    let opts = LoadOptions {
+        model_path: args.model.clone(),
+        tokenizer_path: args.tokenizer.clone(),
+        model_name: args.model_name.clone(),
+        sha256: args.model_sha256.clone(),
+        context_length: args.context_length,
+    };
+    let engine_thread = runner.spawn(opts, device)?;
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let shutdown_handle = handle.clone();
+    let app = crate::api::router(handle);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        shutdown_handle.shutdown(Instant::now() + grace);
+    });
+    // Connections still open after the grace period (and a second for the last events)
+    // are dropped.
+    let serve = tokio::spawn(async move { server.await });
+    let drained = tokio::spawn(async move {
+        while !status.is_draining() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    });
+    tokio::select! {
+        r = serve => r??,
+        _ = drained => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    if engine_thread.is_finished() {
+        let _ = engine_thread.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
