@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +32,7 @@ TOKENIZE_PROMPTS = [
 ]
 CHAT_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "user", "content": "Explain in a few sentences why the sky is blue."},
 ]
 MAX_TOKENS = 32
 
@@ -104,9 +105,11 @@ def main():
             return 1
         print("llamacpp-reference: fixture matches llama.cpp", file=sys.stderr)
         return 0
+    text = json.dumps(ref, ensure_ascii=False, indent=1)
+    # Token id lists on one line each, so the fixture stays readable in diffs.
+    text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(ref, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        f.write(text + "\n")
     print(f"llamacpp-reference: wrote {os.path.abspath(args.out)}", file=sys.stderr)
     return 0
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -40,8 +40,7 @@ pub fn from_gguf_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer, Stri
         Some(Value::Array(v)) => v.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let vocab: HashMap<String, u32> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let merges: Vec<(String, String)> = merges
         .iter()
         .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))

@@ -3,7 +3,6 @@
 //! Version 1. Unknown fields are rejected so a typo on either side fails loudly rather than
 //! silently dropping data; a future version bumps [`HEARTBEAT_VERSION`].
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::worker::Backend;
@@ -24,7 +23,7 @@ pub struct Heartbeat {
     /// Monotonic per-process sequence number, starting at 1.
     pub sequence: u64,
     /// Worker's wall clock when the heartbeat was sent (only feeds a clock-skew metric).
-    pub sent_at: DateTime<Utc>,
+    pub sent_at: jiff::Timestamp,
     /// Self-assessed health.
     pub health: Health,
     /// Why the worker is degraded, if it is.

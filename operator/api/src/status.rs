@@ -214,6 +214,9 @@ pub struct RestartRecord {
     /// The pod that was replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// UID of the replaced pod; while a pod with this UID exists, the operator deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// How a worker container ended.

@@ -33,6 +33,13 @@ component_argv() {
       --service-account-signing-key-file="$pki/sa.key"
       --api-audiences="$SA_ISSUER,rbee-operator"
       --authorization-mode=Node,RBAC
+      --requestheader-client-ca-file="$pki/front-proxy-ca.crt"
+      --requestheader-allowed-names=front-proxy-client
+      --requestheader-username-headers=X-Remote-User
+      --requestheader-group-headers=X-Remote-Group
+      --requestheader-extra-headers-prefix=X-Remote-Extra-
+      --proxy-client-cert-file="$pki/front-proxy-client.crt"
+      --proxy-client-key-file="$pki/front-proxy-client.key"
       --allow-privileged=true
       # Nothing runs in-cluster to reach 127.0.0.1 through the `kubernetes` Service, and
       # a loopback address in its Endpoints is invalid.
@@ -73,7 +80,7 @@ component_argv() {
     kwok) local stages
       stages="$(printf '%s,' "$TESTENV_DIR"/kwok/*.yaml)"
       # HOME is moved so a user's ~/.kwok/kwok.yaml is not merged into our configuration.
-      ARGV=(env "HOME=$STATE/kwok-home" "$BIN_DIR/kwok"
+      ARGV=(env "HOME=$STATE/kwok" "$BIN_DIR/kwok"
       --kubeconfig="$STATE/kwok.kubeconfig"
       --config="${stages%,}"
       --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
@@ -112,6 +119,16 @@ component_pid() {
   printf '%s\n' "$pid"
 }
 
+# process_alive NAME: NAME's pid file names a live process. For a process `up` has just
+# started: until setsid execs, its command line is still this script's.
+process_alive() {
+  local file="$STATE/pids/$1.pid" stat
+  [[ -f "$file" ]] || return 1
+  stat="$(cat "/proc/$(<"$file")/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 all_running() {
   local name
   for name in "${COMPONENTS[@]}"; do
@@ -119,13 +136,13 @@ all_running() {
   done
 }
 
-# port_owner PORT: prints the pid listening on PORT ("?" when it cannot be found); nothing
-# when the port is free.
-port_owner() {
-  python3 - "$1" <<'PY'
+# port_owners PORT...: prints "PORT PID" for each PORT something listens on (PID "?" when
+# the owner cannot be seen); nothing for free ports.
+port_owners() {
+  python3 - "$@" <<'PY'
 import os, sys
-port = int(sys.argv[1])
-inodes = set()
+wanted = {int(p) for p in sys.argv[1:]}
+owners = {}
 for table in ("/proc/net/tcp", "/proc/net/tcp6"):
     try:
         rows = open(table).read().splitlines()[1:]
@@ -133,41 +150,47 @@ for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         continue
     for row in rows:
         f = row.split()
-        if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-            inodes.add("socket:[%s]" % f[9])
-if not inodes:
-    sys.exit(0)
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        for fd in os.listdir("/proc/%s/fd" % pid):
-            if os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes:
-                print(pid)
-                sys.exit(0)
-    except OSError:
-        pass
-print("?")
+        port = int(f[1].rsplit(":", 1)[1], 16)
+        if f[3] == "0A" and port in wanted:
+            owners["socket:[%s]" % f[9]] = port
+found = {port: "?" for port in owners.values()}
+if owners:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+                if link in owners:
+                    found[owners[link]] = pid
+        except OSError:
+            pass
+for port, pid in sorted(found.items()):
+    print(port, pid)
 PY
 }
 
+# port_env PORT: the variable that sets PORT.
+port_env() {
+  case "$1" in
+    "$API_PORT") echo RBEE_TESTENV_PORT ;;
+    "$ETCD_PORT") echo RBEE_TESTENV_ETCD_PORT ;;
+    "$ETCD_PEER_PORT") echo RBEE_TESTENV_ETCD_PEER_PORT ;;
+    "$KCM_PORT") echo RBEE_TESTENV_KCM_PORT ;;
+    *) echo RBEE_TESTENV_SCHEDULER_PORT ;;
+  esac
+}
+
 check_ports_free() {
-  local name port owner hint
+  local name ports=() port owner
   for name in "${COMPONENTS[@]}"; do
     component_pid "$name" >/dev/null && continue
-    for port in $(component_ports "$name"); do
-      owner="$(port_owner "$port")"
-      [[ -z "$owner" ]] && continue
-      case "$port" in
-        "$API_PORT") hint=RBEE_TESTENV_PORT ;;
-        "$ETCD_PORT") hint=RBEE_TESTENV_ETCD_PORT ;;
-        "$ETCD_PEER_PORT") hint=RBEE_TESTENV_ETCD_PEER_PORT ;;
-        "$KCM_PORT") hint=RBEE_TESTENV_KCM_PORT ;;
-        *) hint=RBEE_TESTENV_SCHEDULER_PORT ;;
-      esac
-      local what="pid $owner"
-      [[ "$owner" != "?" && -r "/proc/$owner/comm" ]] && what="pid $owner ($(<"/proc/$owner/comm"))"
-      die "port $port (for $name) is in use by $what: run testenv down or set $hint"
-    done
+    # shellcheck disable=SC2207
+    ports+=($(component_ports "$name"))
   done
+  (( ${#ports[@]} > 0 )) || return 0
+  read -r port owner < <(port_owners "${ports[@]}") || return 0
+  local what="pid $owner"
+  [[ "$owner" != "?" && -r "/proc/$owner/comm" ]] && what="pid $owner ($(<"/proc/$owner/comm"))"
+  die "port $port is in use by $what: run testenv down or set $(port_env "$port")"
 }
 
 start_component() {
@@ -175,7 +198,7 @@ start_component() {
   component_pid "$name" >/dev/null && return 0
   component_argv "$name"
   step "starting $name (log: $log)"
-  mkdir -p "$STATE/$name" "$STATE/kwok-home"
+  install -d -m 700 "$STATE/$name"
   # setsid: detached from the caller's terminal and process group, so it outlives `up`;
   # fd 9 (the state lock held by `up`) is closed, or the daemon would hold the lock forever.
   setsid "${ARGV[@]}" >>"$log" 2>&1 </dev/null 9>&- &
@@ -194,7 +217,7 @@ fail_start() {
 wait_port() {
   local deadline=$((SECONDS + 60))
   until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
-    component_pid "$1" >/dev/null || fail_start "$1" "exited while starting"
+    process_alive "$1" || fail_start "$1" "exited while starting"
     (( SECONDS < deadline )) || fail_start "$1" "did not listen on 127.0.0.1:$2 within 60s"
     sleep 0.2
   done
@@ -203,7 +226,7 @@ wait_port() {
 wait_api_ready() {
   local deadline=$((SECONDS + 90))
   until api_ready; do
-    component_pid kube-apiserver >/dev/null || fail_start kube-apiserver "exited while starting"
+    process_alive kube-apiserver || fail_start kube-apiserver "exited while starting"
     (( SECONDS < deadline )) || fail_start kube-apiserver "was not ready (/readyz) within 90s"
     sleep 0.5
   done

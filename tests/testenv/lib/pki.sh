@@ -9,9 +9,20 @@ SERVICE_CIDR=10.96.0.0/12
 KUBERNETES_SERVICE_IP=10.96.0.1
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
-# issue_cert NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]: NAME.crt/NAME.key signed by the CA.
+# make_ca NAME CN: a self-signed CA, NAME.crt/NAME.key.
+make_ca() {
+  local pki="$STATE/$PKI_DIR_NAME"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$1.key" 2>/dev/null
+  openssl req -x509 -new -key "$pki/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$pki/$1.crt" 2>/dev/null || die "openssl could not create the CA $2"
+}
+
+# issue_cert NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES] [CA]: NAME.crt/NAME.key
+# signed by CA (default: ca).
 issue_cert() {
-  local name="$1" subject="$2" eku="$3" sans="${4:-}"
+  local name="$1" subject="$2" eku="$3" sans="${4:-}" ca="${5:-ca}"
   local pki="$STATE/$PKI_DIR_NAME"
   local ext="$pki/$name.ext"
   {
@@ -22,7 +33,7 @@ issue_cert() {
   } > "$ext"
   openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key" 2>/dev/null
   openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 -extfile "$ext" \
     -out "$pki/$name.crt" 2>/dev/null || die "openssl could not sign the $name certificate"
   rm -f "$pki/$name.csr" "$pki/$name.ext"
@@ -38,11 +49,12 @@ ensure_pki() {
   rm -rf "$pki"
   mkdir -p "$pki"
   chmod 700 "$pki"
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=rbee-testenv-ca" -days 3650 -sha256 \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-    -out "$pki/ca.crt" 2>/dev/null || die "openssl could not create the CA"
+  make_ca ca rbee-testenv-ca
+  # The aggregation layer's front proxy has its own CA, as in kubeadm: the API server
+  # publishes it (requestheader-client-ca-file) for delegated authentication in the
+  # controller-manager and scheduler, and for aggregated API servers.
+  make_ca front-proxy-ca rbee-testenv-front-proxy-ca
+  issue_cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
   issue_cert kube-apiserver "/CN=kube-apiserver" serverAuth \
     "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP"
   issue_cert admin "/O=system:masters/CN=admin" clientAuth

@@ -54,7 +54,7 @@ pub(super) async fn chat_completions(State(engine): State<EngineHandle>, body: B
         let params =
             sampling_params(&req.sampling(), max_tokens, tokens.len(), info.context_length)?;
         let rx = engine.submit(tokens, params)?;
-        Ok((req.streaming(), ResponseMeta::new("chatcmpl", &info.name), rx))
+        Ok::<_, WorkerError>((req.streaming(), ResponseMeta::new("chatcmpl", &info.name), rx))
     }
     .await;
     match result {
@@ -102,7 +102,7 @@ pub(super) async fn completions(State(engine): State<EngineHandle>, body: Bytes)
         let params =
             sampling_params(&req.sampling(), req.max_tokens, tokens.len(), info.context_length)?;
         let rx = engine.submit(tokens, params)?;
-        Ok((req.streaming(), ResponseMeta::new("cmpl", &info.name), rx))
+        Ok::<_, WorkerError>((req.streaming(), ResponseMeta::new("cmpl", &info.name), rx))
     }
     .await;
     match result {

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -22,7 +22,7 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) {
         a.sort_unstable();
         a
     };
-    let mut vocab: HashMap<String, u32> =
+    let mut vocab: Vocab =
         alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
     for (i, s) in SPECIAL.iter().enumerate() {
         vocab.insert(s.to_string(), (alphabet.len() + i) as u32);

@@ -1,0 +1,31 @@
+{{/* Rules on namespaced objects: cluster-wide, or in the watched namespace only. */}}
+{{- define "rbee-operator.workerRules" }}
+  # Reconcile RbeeWorkers and look up the worker a heartbeat names.
+  - apiGroups: ["rbee.dev"]
+    resources: ["rbeeworkers"]
+    verbs: ["get", "list", "watch"]
+  # Write status by server-side apply on the status subresource.
+  - apiGroups: ["rbee.dev"]
+    resources: ["rbeeworkers/status"]
+    verbs: ["get", "patch"]
+  # Worker pods: build them by server-side apply, watch them, delete them to restart a worker.
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  # Events on RbeeWorkers for phase transitions and restarts.
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}
+{{/* Rules on cluster-scoped objects: a ClusterRole is the only way to grant them. */}}
+{{- define "rbee-operator.clusterRules" }}
+  # Validate the service-account token a worker sends with each heartbeat.
+  - apiGroups: ["authentication.k8s.io"]
+    resources: ["tokenreviews"]
+    verbs: ["create"]
+  # Startup check that the RbeeWorker CRD is installed (and a clear error when it is not).
+  - apiGroups: ["apiextensions.k8s.io"]
+    resources: ["customresourcedefinitions"]
+    resourceNames: ["rbeeworkers.rbee.dev"]
+    verbs: ["get"]
+{{- end }}

@@ -1,0 +1,85 @@
+//! State shared by the reconciler and the HTTP servers.
+
+use std::sync::RwLock;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use rbee_api::RbeeWorker;
+use tokio::sync::mpsc;
+
+use crate::heartbeat::auth::TokenReviewer;
+use crate::heartbeat::record::HeartbeatStore;
+use crate::metrics::Metrics;
+use crate::pod::PodSettings;
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Inputs of the pod builder.
+    pub pod: PodSettings,
+    /// A status that only refreshes numbers is written at most this often.
+    pub report_period: SignedDuration,
+}
+
+/// What exists only while this process leads.
+#[derive(Clone)]
+pub struct Term {
+    /// When leadership was gained.
+    pub since: Timestamp,
+    /// Cache of every RbeeWorker in scope.
+    pub workers: Store<RbeeWorker>,
+    /// Cache of every worker pod in scope.
+    pub pods: Store<Pod>,
+    /// Asks the controller to reconcile a worker now.
+    pub trigger: mpsc::Sender<ObjectRef<RbeeWorker>>,
+}
+
+/// Shared by controller and servers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// One Event recorder for everything.
+    pub recorder: Recorder,
+    /// Heartbeats received while leading.
+    pub heartbeats: HeartbeatStore,
+    /// TokenReview cache.
+    pub reviewer: TokenReviewer,
+    term: RwLock<Option<Term>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(client: Client, settings: Settings, recorder: Recorder) -> Self {
+        Self {
+            reviewer: TokenReviewer::new(client.clone()),
+            client,
+            settings,
+            metrics: Metrics::new(),
+            recorder,
+            heartbeats: HeartbeatStore::default(),
+            term: RwLock::new(None),
+        }
+    }
+
+    /// The current term, if this process leads.
+    pub fn term(&self) -> Option<Term> {
+        self.term.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Starts (Some) or ends (None) a term.
+    pub fn set_term(&self, term: Option<Term>) {
+        let leading = term.is_some();
+        *self.term.write().unwrap_or_else(std::sync::PoisonError::into_inner) = term;
+        if !leading {
+            self.heartbeats.clear();
+        }
+        self.metrics.set_leader(leading);
+    }
+}

@@ -1,0 +1,234 @@
+//! The reconciler: a short driver over observe → decide → apply → update status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use rbee_api::RbeeWorker;
+use rbee_api::names::{FIELD_MANAGER, MANAGED_BY};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::context::{Context, Term};
+use crate::error::{Error, Result};
+use crate::heartbeat::record::worker_key;
+use crate::metrics::WorkerLabels;
+use crate::plan::{self, Inputs, Notice, PodAction};
+use crate::pod::{build_pod, pod_name};
+use crate::status_fields::needs_write;
+
+/// Scope of the controller.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// Only this namespace, or all.
+    pub namespace: Option<String>,
+    /// Reconciliations running at once.
+    pub concurrency: u16,
+}
+
+fn api<K>(ctx: &Context, scope: &Scope) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match &scope.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// Runs the controller for one leadership term, until `stop` resolves.
+pub async fn run_term(
+    ctx: Arc<Context>,
+    scope: Scope,
+    since: Timestamp,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let workers: Api<RbeeWorker> = api(&ctx, &scope);
+    let pods: Api<Pod> = api(&ctx, &scope);
+    let (pod_reader, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(
+            pods,
+            watcher::Config::default()
+                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (trigger, triggered) = mpsc::channel(4096);
+    let controller = Controller::new(workers, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(scope.concurrency))
+        .owns_stream(pod_stream)
+        .reconcile_on(ReceiverStream::new(triggered))
+        .graceful_shutdown_on(stop);
+    ctx.set_term(Some(Term { since, workers: controller.store(), pods: pod_reader, trigger }));
+    tracing::info!(
+        namespace = scope.namespace.as_deref().unwrap_or("<all>"),
+        "reconciling RbeeWorkers"
+    );
+    controller
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+    ctx.set_term(None);
+}
+
+async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let Some(term) = ctx.term() else { return Ok(Action::await_change()) };
+    let namespace =
+        worker.namespace().ok_or_else(|| Error::InvalidWorker("no namespace".into()))?;
+    let name = worker.name_any();
+    let labels = WorkerLabels { namespace: namespace.clone(), worker: name.clone() };
+    if worker.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
+    // observe
+    let pod = term.pods.get(&ObjectRef::new(&pod_name(&worker)).within(&namespace));
+    let key = worker_key(&namespace, &name);
+    let heartbeat = ctx.heartbeats.get(&key);
+    let desired = build_pod(&worker, &ctx.settings.pod)?;
+    let desired_hash = crate::pod::pod_template_hash(&desired).unwrap_or_default().to_string();
+
+    // decide
+    let decision = plan::plan(&Inputs {
+        worker: &worker,
+        pod: pod.as_deref(),
+        desired_hash: &desired_hash,
+        heartbeat: heartbeat.as_ref(),
+        leader_since: term.since,
+        now: Timestamp::now(),
+        jitter: rand::random::<f64>(),
+    });
+
+    // apply: a restart is recorded before its pod is deleted, so a crash in between
+    // finds the condemned pod's UID in status and finishes the job instead of counting twice.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if decision.restarted.is_some() {
+        write_status(&ctx, &worker, &decision.status, true).await?;
+    }
+    match &decision.action {
+        PodAction::Keep => {}
+        PodAction::Create => {
+            pods.patch(
+                &pod_name(&worker),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+        }
+        PodAction::Delete { uid } => delete_pod(&pods, &pod_name(&worker), uid).await?,
+    }
+    if decision.restarted.is_none() {
+        write_status(&ctx, &worker, &decision.status, false).await?;
+    }
+    if let Some(reason) = decision.restarted {
+        ctx.metrics.restarted(&labels, reason);
+    }
+    ctx.metrics.observe_worker(&labels, &decision.status);
+    publish(&ctx, &worker, &decision.notices).await;
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str, uid: &str) -> Result<()> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        // Already gone, or a newer pod took the name: nothing left to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    worker: &RbeeWorker,
+    status: &rbee_api::RbeeWorkerStatus,
+    force: bool,
+) -> Result<()> {
+    if !force && !needs_write(worker.status.as_ref(), status, ctx.settings.report_period) {
+        return Ok(());
+    }
+    let api: Api<RbeeWorker> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": RbeeWorker::api_version(&()),
+        "kind": RbeeWorker::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &worker.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.status_written();
+    Ok(())
+}
+
+async fn publish(ctx: &Context, worker: &RbeeWorker, notices: &[Notice]) {
+    let reference = worker.object_ref(&());
+    for n in notices {
+        let event = Event {
+            type_: if n.warning { EventType::Warning } else { EventType::Normal },
+            reason: n.reason.into(),
+            note: Some(n.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(worker = %worker.name_any(), error = %e, "cannot publish event");
+        }
+    }
+}
+
+fn error_policy(worker: Arc<RbeeWorker>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.category());
+    tracing::warn!(worker = %worker.name_any(), namespace = worker.namespace().unwrap_or_default(), error = %error, "reconcile failed");
+    if error.is_transient() {
+        let jitter = Duration::from_millis(u64::from(rand::random::<u16>() % 2000));
+        Action::requeue(Duration::from_secs(2) + jitter)
+    } else {
+        Action::await_change()
+    }
+}
+
+/// Drops metrics and heartbeat records of workers that no longer exist.
+pub async fn forget_deleted(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let Some(term) = ctx.term() else { continue };
+        for labels in ctx.metrics.known_workers() {
+            let present = term
+                .workers
+                .get(&ObjectRef::new(&labels.worker).within(&labels.namespace))
+                .is_some();
+            if !present {
+                ctx.metrics.forget_worker(&labels);
+                ctx.heartbeats.forget(&worker_key(&labels.namespace, &labels.worker));
+            }
+        }
+    }
+}

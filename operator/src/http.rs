@@ -1,0 +1,42 @@
+//! /metrics, /healthz and /readyz.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::context::Context;
+
+/// State of the probe endpoints.
+pub struct Probes {
+    /// Set once the operator has checked its CRD and started.
+    pub ready: AtomicBool,
+}
+
+/// The metrics and probes router.
+pub fn router(ctx: Arc<Context>, probes: Arc<Probes>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(probes))
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctx.metrics.encode(),
+    )
+}
+
+async fn readyz(State(probes): State<Arc<Probes>>) -> impl IntoResponse {
+    if probes.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}

@@ -1,0 +1,18 @@
+//! rbee-operator: reconciles `RbeeWorker`s into worker pods, accepts worker heartbeats,
+//! restarts dead or hung workers by policy and exports Prometheus metrics.
+
+pub mod cli;
+pub mod conditions;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod heartbeat;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod plan;
+pub mod pod;
+pub mod restart;
+pub mod run;
+pub mod status_fields;

@@ -1,0 +1,187 @@
+//! Reads a worker pod and its heartbeats into the few facts the decisions need. Pure.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use rbee_api::FailureStatus;
+use rbee_api::conditions::reasons;
+use rbee_api::heartbeat::{Health, WorkerState};
+use rbee_api::names::WORKER_CONTAINER;
+
+use crate::heartbeat::record::HeartbeatRecord;
+
+/// Whether and where the pod is scheduled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Bound to a node.
+    Bound(String),
+    /// The scheduler could not place it.
+    Unschedulable {
+        /// `InsufficientGPU` or `Unschedulable`.
+        reason: &'static str,
+        /// The scheduler's message.
+        message: String,
+    },
+    /// Not yet considered.
+    Pending,
+}
+
+/// The pod as the decisions see it.
+#[derive(Clone, Debug)]
+pub struct PodView {
+    /// Pod UID.
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Scheduling state.
+    pub scheduling: Scheduling,
+    /// `status.phase`.
+    pub phase: String,
+    /// When the worker container last started running, if it runs now.
+    pub running_since: Option<Timestamp>,
+    /// Why the container is not running (`ContainerCreating`, `CrashLoopBackOff`, ...).
+    pub waiting_reason: Option<String>,
+    /// The pod's Ready condition (readiness probe on /health).
+    pub probe_ready: bool,
+    /// Pod IP.
+    pub ip: Option<String>,
+    /// How the container last ended, if it did.
+    pub last_failure: Option<FailureStatus>,
+    /// Being deleted.
+    pub terminating: bool,
+}
+
+/// Reads a pod.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let status = pod.status.clone().unwrap_or_default();
+    let conditions = status.conditions.clone().unwrap_or_default();
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled");
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let scheduling = match (node, scheduled) {
+        (Some(node), _) => Scheduling::Bound(node),
+        (None, Some(c)) if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") => {
+            let message = c.message.clone().unwrap_or_default();
+            let reason = if message.contains("nvidia.com/gpu") {
+                reasons::INSUFFICIENT_GPU
+            } else {
+                reasons::UNSCHEDULABLE
+            };
+            Scheduling::Unschedulable { reason, message }
+        }
+        _ => Scheduling::Pending,
+    };
+    let container = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == WORKER_CONTAINER));
+    let state = container.and_then(|c| c.state.clone());
+    let running_since = state
+        .as_ref()
+        .and_then(|s| s.running.as_ref())
+        .map(|r| r.started_at.as_ref().map(|t| t.0).unwrap_or_default());
+    let waiting_reason =
+        state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone());
+    let terminated = state.as_ref().and_then(|s| s.terminated.clone()).or_else(|| {
+        container.and_then(|c| c.last_state.as_ref()).and_then(|s| s.terminated.clone())
+    });
+    PodView {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        scheduling,
+        phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
+        running_since: running_since.filter(|_| status.phase.as_deref() == Some("Running")),
+        waiting_reason,
+        probe_ready: conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
+        last_failure: terminated.filter(|t| t.exit_code != 0).map(failure_of),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn failure_of(t: ContainerStateTerminated) -> FailureStatus {
+    FailureStatus {
+        time: t.finished_at.clone(),
+        exit_code: Some(t.exit_code),
+        oom_killed: t.reason.as_deref() == Some("OOMKilled"),
+        reason: t.reason,
+        message: t.message,
+    }
+}
+
+/// Heartbeat freshness of the current pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Beat {
+    /// The container is not running; heartbeats are not expected.
+    NotExpected,
+    /// Running, no heartbeat yet, still within the stale threshold.
+    Awaiting,
+    /// Fresh.
+    Fresh,
+    /// Nothing accepted for at least the stale threshold.
+    Stale {
+        /// Since when the operator has heard nothing.
+        silent_for: Duration,
+    },
+}
+
+/// Freshness and the instant it must be looked at again.
+pub fn beat(
+    running_since: Option<Timestamp>,
+    record: Option<&HeartbeatRecord>,
+    stale_after: SignedDuration,
+    leader_since: Timestamp,
+    was_stale: bool,
+    now: Timestamp,
+) -> (Beat, Option<Timestamp>) {
+    let Some(started) = running_since else {
+        return (Beat::NotExpected, None);
+    };
+    // A new leader has heard nothing yet: it gives every worker one full stale period.
+    let reference = record.map_or(started, |r| r.received_at).max(started).max(leader_since);
+    let silent = now.duration_since(reference);
+    let deadline = reference.checked_add(stale_after).ok();
+    if silent >= stale_after {
+        let silent_for = Duration::try_from(silent).unwrap_or_default();
+        return (Beat::Stale { silent_for }, None);
+    }
+    match record {
+        None => (Beat::Awaiting, deadline),
+        // Hysteresis: one beat after a stale spell is not yet recovery.
+        Some(r) if was_stale && r.streak < 2 => {
+            (Beat::Stale { silent_for: Duration::ZERO }, deadline)
+        }
+        Some(_) => (Beat::Fresh, deadline),
+    }
+}
+
+/// Model load state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelState {
+    /// Loaded; the worker serves.
+    Loaded,
+    /// Loading, with percent done.
+    Loading(u8),
+    /// The worker reports it cannot load the model.
+    Failed(String),
+}
+
+/// Model state from the heartbeat, else from the readiness probe.
+pub fn model_state(pod: &PodView, record: Option<&HeartbeatRecord>) -> ModelState {
+    match record {
+        Some(r) if r.beat.state == WorkerState::Error => ModelState::Failed(
+            r.beat.health_reason.clone().unwrap_or_else(|| "the worker reports an error".into()),
+        ),
+        Some(r) if r.beat.state.model_loaded() => ModelState::Loaded,
+        Some(r) => ModelState::Loading(r.beat.load_progress_percent),
+        None if pod.probe_ready => ModelState::Loaded,
+        None => ModelState::Loading(0),
+    }
+}
+
+/// Whether the worker reports itself degraded, and why.
+pub fn reported_degraded(record: Option<&HeartbeatRecord>) -> Option<String> {
+    record.filter(|r| r.beat.health == Health::Degraded).map(|r| {
+        r.beat.health_reason.clone().unwrap_or_else(|| "the worker reports itself degraded".into())
+    })
+}

@@ -1,0 +1,180 @@
+//! Tests on the real SmolLM2-135M-Instruct Q4_1 GGUF (fetched from PyPI by
+//! scripts/fetch-model, or `RBEE_TEST_GGUF`), checked against llama.cpp's output recorded in
+//! tests/fixtures/smollm2-llamacpp.json by scripts/llamacpp-reference.py.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    TempDir, TestWorker, chat_stream_text, default_config, llamacpp_fixture, options, smollm2_gguf,
+};
+use futures::StreamExt;
+use serde_json::json;
+
+const PREFIX_TOKENS: usize = 16;
+
+fn fixture_chat() -> (serde_json::Value, serde_json::Value) {
+    let f = llamacpp_fixture();
+    let chat = f["chat"].clone();
+    let body = json!({
+        "model": "smollm2",
+        "messages": chat["messages"],
+        "temperature": 0,
+        "max_tokens": chat["max_tokens"],
+    });
+    (chat, body)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("ids").iter().filter_map(|i| i.as_u64()).map(|i| i as u32).collect()
+}
+
+#[test]
+fn tokenizer_matches_llamacpp() {
+    let gguf = smollm2_gguf();
+    let model = llm_worker_rbee::model::load(&options(&gguf), &candle_core::Device::Cpu, &|_| {})
+        .expect("load");
+    let info = model.info();
+    let f = llamacpp_fixture();
+    for case in f["tokenization"].as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(info.encode(text).expect("encode"), ids(&case["ids"]), "tokens of {text:?}");
+    }
+    let chat = &f["chat"];
+    let messages: Vec<llm_worker_rbee::chat::ChatMessage> =
+        serde_json::from_value(chat["messages"].clone()).expect("messages");
+    let prompt = llm_worker_rbee::chat::render(
+        info.chat_template.as_deref(),
+        &messages,
+        &info.bos_token,
+        &info.eos_token,
+    )
+    .expect("render");
+    assert_eq!(prompt, chat["prompt"].as_str().expect("prompt"), "chat template rendering");
+    assert_eq!(info.encode(&prompt).expect("encode"), ids(&chat["prompt_ids"]));
+}
+
+/// Text of llama.cpp's first `n` completion tokens, decoded by our tokenizer.
+fn llamacpp_prefix(
+    info: &llm_worker_rbee::model::ModelInfo,
+    chat: &serde_json::Value,
+    n: usize,
+) -> String {
+    let completion = ids(&chat["completion_ids"]);
+    let n = n.min(completion.len());
+    info.tokenizer.decode(&completion[..n], true).expect("decode")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn greedy_chat_is_deterministic_and_matches_llamacpp() {
+    let w = TestWorker::start(options(&smollm2_gguf()), default_config()).await;
+    let (chat, body) = fixture_chat();
+    let (s1, a) = w.post("/v1/chat/completions", body.clone()).await;
+    let (s2, b) = w.post("/v1/chat/completions", body).await;
+    assert_eq!((s1, s2), (200, 200), "{a} {b}");
+    let text = a["choices"][0]["message"]["content"].as_str().expect("content").to_string();
+    assert_eq!(
+        b["choices"][0]["message"]["content"].as_str(),
+        Some(text.as_str()),
+        "greedy must be deterministic"
+    );
+    let info = w.status.model().expect("loaded").clone();
+    let prefix = llamacpp_prefix(&info, &chat, PREFIX_TOKENS);
+    assert!(
+        text.starts_with(&prefix),
+        "ours: {text:?}\nllama.cpp first {PREFIX_TOKENS} tokens: {prefix:?}"
+    );
+    let full = chat["completion_text"].as_str().expect("text");
+    eprintln!("ours:      {text:?}\nllama.cpp: {full:?}\nidentical: {}", text == full);
+    assert_eq!(a["usage"]["prompt_tokens"].as_u64(), Some(ids(&chat["prompt_ids"]).len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn safetensors_conversion_agrees_with_gguf() {
+    let gguf = smollm2_gguf();
+    let dir = TempDir::new("smollm2-st");
+    common::convert::gguf_to_safetensors(&gguf, dir.path());
+    let w = TestWorker::start(options(dir.path()), default_config()).await;
+    let (chat, body) = fixture_chat();
+    let (status, resp) = w.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+    let text = resp["choices"][0]["message"]["content"].as_str().expect("content");
+    let info = w.status.model().expect("loaded").clone();
+    assert_eq!(info.format, "safetensors");
+    let prefix = llamacpp_prefix(&info, &chat, PREFIX_TOKENS);
+    assert!(
+        text.starts_with(&prefix),
+        "safetensors: {text:?}\nllama.cpp first {PREFIX_TOKENS} tokens: {prefix:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_streams_equal_their_sequential_outputs() {
+    let w = TestWorker::start(options(&smollm2_gguf()), default_config()).await;
+    let questions = [
+        "What is 2+2?",
+        "Name a color.",
+        "Say hello.",
+        "What is the capital of Italy?",
+        "Count to three.",
+        "Name an animal.",
+        "What is water made of?",
+        "Tell me a fruit.",
+    ];
+    let body = |q: &str| {
+        json!({
+            "messages": [{"role": "user", "content": q}],
+            "temperature": 0, "max_tokens": 20, "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    };
+    let mut sequential = Vec::new();
+    for q in questions {
+        let (chunks, done) = w.stream("/v1/chat/completions", body(q)).await;
+        assert!(done);
+        sequential.push(chat_stream_text(&chunks));
+    }
+    let results = futures::future::join_all(
+        questions.iter().map(|q| w.stream("/v1/chat/completions", body(q))),
+    )
+    .await;
+    for ((q, seq), (chunks, done)) in questions.iter().zip(&sequential).zip(&results) {
+        assert!(done, "{q}: no [DONE]");
+        assert_eq!(
+            &chat_stream_text(chunks),
+            seq,
+            "{q}: concurrent output differs from sequential"
+        );
+        let usage = &chunks.last().expect("chunks")["usage"];
+        assert!(usage["completion_tokens"].as_u64().is_some_and(|n| n > 0), "{q}: {usage}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_disconnect_cancels_generation() {
+    let w = TestWorker::start(options(&smollm2_gguf()), default_config()).await;
+    let resp = TestWorker::client()
+        .post(format!("{}/v1/chat/completions", w.url))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+            "temperature": 0, "max_tokens": 1000, "stream": true,
+        }))
+        .send()
+        .await
+        .expect("request");
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.expect("a chunk").expect("bytes");
+    assert!(!first.is_empty());
+    assert_eq!(w.status.in_flight(), 1);
+    drop(body);
+    for _ in 0..100 {
+        if w.status.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.status.in_flight(), 0, "generation was not cancelled");
+    let (_, metrics) = w.get("/metrics").await;
+    assert!(metrics.contains("outcome=\"cancelled\"} 1"), "{metrics}");
+}
