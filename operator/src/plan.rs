@@ -193,21 +193,12 @@ pub fn plan(i: &Inputs) -> Plan {
             ));
         }
         None => {
-            let next = restarts.next_restart_time.as_ref().map(|t| t.0).filter(|t| *t > i.now);
             if limit_exceeded {
                 progressing = Cond::new(
                     types::PROGRESSING,
                     Status::False,
                     reasons::RESTART_LIMIT_EXCEEDED,
                     "no pod: the restart limit is reached",
-                );
-            } else if let Some(next) = next {
-                deadlines.at(Some(next));
-                progressing = Cond::new(
-                    types::PROGRESSING,
-                    Status::True,
-                    reasons::BACKING_OFF,
-                    format!("next pod at {next}"),
                 );
             } else {
                 action = PodAction::Create;
@@ -233,29 +224,42 @@ pub fn plan(i: &Inputs) -> Plan {
                 i.now,
                 &mut deadlines,
             );
-            if let (Some(f), false) = (&failure, limit_exceeded) {
-                match restart::decide(&spec.restart_policy, restarts.count, f, i.jitter) {
-                    RestartDecision::Restart { delay } => {
-                        let next = i.now.checked_add(delay).unwrap_or(i.now);
-                        record_restart(&mut restarts, f, &beat, v, &now_time, next);
-                        action = PodAction::Delete { uid: v.uid.clone() };
-                        restarted = Some(f.reason());
-                        deadlines.at(Some(next));
-                        notices.push(Notice::warning(
-                            "Restarting",
-                            format!(
-                                "Restart {} of {}: {} (pod {}); next pod in {:.0}s",
-                                restarts.count,
-                                spec.restart_policy.max_restarts,
-                                failure_note(f, &beat),
-                                v.name,
-                                delay.as_secs_f64()
-                            ),
-                        ));
+            match (&failure, limit_exceeded) {
+                (Some(f), false) => {
+                    match restart::decide(&spec.restart_policy, restarts.count, f, i.jitter) {
+                        RestartDecision::Restart { delay } => {
+                            // The due time is kept in status, so jitter is drawn once per failure.
+                            let due = restarts
+                                .next_restart_time
+                                .as_ref()
+                                .map(|t| t.0)
+                                .unwrap_or_else(|| i.now.checked_add(delay).unwrap_or(i.now));
+                            if due <= i.now {
+                                record_restart(&mut restarts, f, &beat, v, &now_time);
+                                action = PodAction::Delete { uid: v.uid.clone() };
+                                restarted = Some(f.reason());
+                                notices.push(Notice::warning(
+                                    "Restarting",
+                                    format!(
+                                        "Restart {} of {}: {} (pod {})",
+                                        restarts.count,
+                                        spec.restart_policy.max_restarts,
+                                        failure_note(f, &beat),
+                                        v.name
+                                    ),
+                                ));
+                            } else {
+                                restarts.next_restart_time = Some(Time(due));
+                                deadlines.at(Some(due));
+                            }
+                        }
+                        RestartDecision::LimitExceeded => limit_exceeded = true,
+                        RestartDecision::Leave => restarts.next_restart_time = None,
                     }
-                    RestartDecision::LimitExceeded => limit_exceeded = true,
-                    RestartDecision::Leave => {}
                 }
+                // Recovered before the backoff ran out: the pending restart is called off.
+                (None, _) => restarts.next_restart_time = None,
+                (Some(_), true) => {}
             }
         }
     }
@@ -277,11 +281,9 @@ pub fn plan(i: &Inputs) -> Plan {
         }
     }
 
-    let backing_off = matches!(action, PodAction::Delete { .. }) && restarted.is_some()
-        || (view.is_none()
-            && restarts.next_restart_time.as_ref().is_some_and(|t| t.0 > i.now)
-            && !limit_exceeded)
-        || condemned;
+    let restarting = restarted.is_some() || condemned;
+    let pending_restart =
+        restarts.next_restart_time.as_ref().map(|t| t.0).filter(|_| !limit_exceeded && !restarting);
     let facts = Facts {
         view: view.as_ref(),
         beat: &beat,
@@ -289,7 +291,8 @@ pub fn plan(i: &Inputs) -> Plan {
         record,
         failure: failure.as_ref(),
         limit_exceeded,
-        backing_off,
+        restarting,
+        pending_restart,
         restarts: &restarts,
     };
     let (phase, reason, message) = phase_of(i.worker, &facts);
@@ -328,18 +331,11 @@ pub fn plan(i: &Inputs) -> Plan {
     Plan { action, status, notices, restarted, requeue_after: deadlines.after() }
 }
 
-fn record_restart(
-    restarts: &mut RestartStatus,
-    f: &Failure,
-    beat: &Beat,
-    v: &PodView,
-    now: &Time,
-    next: Timestamp,
-) {
+fn record_restart(restarts: &mut RestartStatus, f: &Failure, beat: &Beat, v: &PodView, now: &Time) {
     restarts.count += 1;
     restarts.last_restart_time = Some(now.clone());
     restarts.last_restart_reason = Some(f.reason().into());
-    restarts.next_restart_time = Some(Time(next));
+    restarts.next_restart_time = None;
     restarts.history.insert(
         0,
         RestartRecord {
@@ -402,7 +398,8 @@ struct Facts<'a> {
     record: Option<&'a HeartbeatRecord>,
     failure: Option<&'a Failure>,
     limit_exceeded: bool,
-    backing_off: bool,
+    restarting: bool,
+    pending_restart: Option<Timestamp>,
     restarts: &'a RestartStatus,
 }
 
@@ -425,14 +422,36 @@ fn phase_of(worker: &RbeeWorker, f: &Facts) -> (WorkerPhase, &'static str, Strin
             ),
         );
     }
-    if f.backing_off {
-        let when =
-            f.restarts.next_restart_time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    if f.restarting {
         return (
             P::BackingOff,
             reasons::BACKING_OFF,
-            format!("restart {} after {}; next pod at {when}", f.restarts.count, last_reason),
+            format!("restart {} after {last_reason}: replacing the pod", f.restarts.count),
         );
+    }
+    let pending = f
+        .pending_restart
+        .map(|t| {
+            format!(
+                "; restart {} of {} at {t}",
+                f.restarts.count + 1,
+                worker.spec.restart_policy.max_restarts
+            )
+        })
+        .unwrap_or_default();
+    if let (Some(_), Beat::Stale { silent_for }) = (f.pending_restart, f.beat) {
+        return (
+            P::Stale,
+            reasons::HEARTBEAT_STALE,
+            format!(
+                "no heartbeat for {:.1}s (staleAfterSeconds {}){pending}",
+                silent_for.as_secs_f64(),
+                worker.spec.heartbeat.effective_stale_after_seconds()
+            ),
+        );
+    }
+    if let (Some(_), Some(fail)) = (f.pending_restart, f.failure) {
+        return (P::BackingOff, fail.reason(), format!("{}{pending}", failure_note(fail, f.beat)));
     }
     let Some(v) = f.view else {
         return (P::Pending, reasons::POD_PENDING, "no worker pod yet".into());

@@ -144,31 +144,52 @@ fn stale_heartbeat_restarts_after_recording_it() {
     let hb = beat("p1", WorkerState::Ready, 5, 3);
     let ready = decide(&w, Some(&pod), Some(&hb), 6);
     apply(&mut w, &ready);
-    let p = decide(&w, Some(&pod), Some(&hb), 8);
+    // Stale at t=8: shown as Stale, the restart is due after the 10 s backoff.
+    let stale = decide(&w, Some(&pod), Some(&hb), 8);
+    assert_eq!(stale.action, PodAction::Keep);
+    assert_eq!(stale.status.phase, Some(WorkerPhase::Stale));
+    assert!(stale.notices.iter().any(|n| n.warning && n.reason == "HeartbeatStale"));
+    assert_eq!(
+        stale.status.restarts.as_ref().and_then(|r| r.next_restart_time.clone()).map(|t| t.0),
+        Some(t(18))
+    );
+    apply(&mut w, &stale);
+    assert_eq!(decide(&w, Some(&pod), Some(&hb), 12).action, PodAction::Keep, "still backing off");
+
+    let p = decide(&w, Some(&pod), Some(&hb), 18);
     assert_eq!(p.action, PodAction::Delete { uid: "p1".into() });
     assert_eq!(p.restarted, Some("HeartbeatStale"));
     assert_eq!(p.status.phase, Some(WorkerPhase::BackingOff));
     let r = p.status.restarts.clone().expect("restarts");
     assert_eq!(r.count, 1);
     assert_eq!(r.history[0].pod_uid.as_deref(), Some("p1"));
-    assert_eq!(r.next_restart_time.map(|t| t.0), Some(t(18)));
     assert!(p.notices.iter().any(|n| n.warning && n.reason == "Restarting"));
 
     // The operator died before the delete went through: the next decision deletes the
     // condemned pod without counting again.
     apply(&mut w, &p);
-    let again = decide(&w, Some(&pod), Some(&hb), 9);
+    let again = decide(&w, Some(&pod), Some(&hb), 19);
     assert_eq!(again.action, PodAction::Delete { uid: "p1".into() });
     assert_eq!(again.restarted, None);
     assert_eq!(again.status.restarts.as_ref().map(|r| r.count), Some(1));
 
-    // Pod gone: wait out the backoff, then create.
+    // Pod gone: the replacement is created at once.
     apply(&mut w, &again);
-    let waiting = decide(&w, None, None, 12);
-    assert_eq!(waiting.action, PodAction::Keep);
-    assert_eq!(waiting.status.phase, Some(WorkerPhase::BackingOff));
-    apply(&mut w, &waiting);
-    assert_eq!(decide(&w, None, None, 18).action, PodAction::Create);
+    assert_eq!(decide(&w, None, None, 20).action, PodAction::Create);
+}
+
+#[test]
+fn recovery_during_the_backoff_calls_the_restart_off() {
+    let mut w = worker();
+    let pod = running_pod(&w, "p1", 0);
+    let ready = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 5, 3)), 6);
+    apply(&mut w, &ready);
+    let stale = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 5, 3)), 9);
+    apply(&mut w, &stale);
+    let back = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 11, 2)), 11);
+    assert_eq!(back.status.phase, Some(WorkerPhase::Ready));
+    assert_eq!(back.status.restarts, None);
+    assert_eq!(back.action, PodAction::Keep);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! (tests/testenv, started on demand), temporary namespaces, and waits with deadlines that
 //! print the object when they fail.
 
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -249,7 +249,7 @@ fn misspelt_value(ns: &str) -> anyhow::Result<()> {
         stderr.contains("intervall") && stderr.contains("/monitoring/serviceMonitor"),
         "the error does not name the misspelt key monitoring.serviceMonitor.intervall:\n{printed}"
     );
-    let list = helm_ok(&["list", "-n", ns, "-a", "-q"])?;
+    let list = helm_ok(&["list", "-n", ns, "-q"])?;
     ensure!(
         list.stdout.trim_ascii().is_empty(),
         "a failed install left a release:\n{}",
@@ -287,7 +287,8 @@ fn adopt_crd(release: &str, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the ownership metadata again so the CRD does not point at a release that is gone.
+/// Drops the chart's labels and ownership metadata again, so the CRD looks as testenv applied
+/// it and does not point at a release that is gone.
 fn release_crd_from_helm() {
     let _ = kubectl(&[
         "label",
@@ -295,6 +296,10 @@ fn release_crd_from_helm() {
         CRD,
         "app.kubernetes.io/managed-by-",
         "app.kubernetes.io/instance-",
+        "app.kubernetes.io/name-",
+        "app.kubernetes.io/part-of-",
+        "app.kubernetes.io/version-",
+        "helm.sh/chart-",
     ]);
     let _ = kubectl(&[
         "annotate",
@@ -308,6 +313,11 @@ fn release_crd_from_helm() {
 
 async fn keep_crd(ns: &str) -> anyhow::Result<()> {
     let release = ns;
+    // A stale copy would make helm rewrite (or conflict on) the CRD every other test uses.
+    let sync = std::process::Command::new(repo_root().join("tests/chart/sync-crd"))
+        .arg("--check")
+        .output()?;
+    ensure!(sync.status.success(), "the chart's CRD is stale:\n{}", text(&sync));
     adopt_crd(release, ns)?;
     // crds.keep is the default; set it anyway: this test must never delete the shared CRD.
     helm_ok(&[

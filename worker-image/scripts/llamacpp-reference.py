@@ -32,7 +32,7 @@ TOKENIZE_PROMPTS = [
 ]
 CHAT_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Explain in a few sentences why the sky is blue."},
+    {"role": "user", "content": "Explain what photosynthesis is."},
 ]
 MAX_TOKENS = 32
 
@@ -49,7 +49,8 @@ def build(gguf):
     import jinja2
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=2, seed=0, verbose=False)
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=2, seed=0, verbose=False,
+                          logits_all=True)
     tokenization = [
         {"text": t, "ids": llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)}
         for t in TOKENIZE_PROMPTS
@@ -64,12 +65,21 @@ def build(gguf):
         ids = llm.tokenize(name.encode(), add_bos=False, special=True)
         if len(ids) == 1:
             eog.add(ids[0])
-    out = []
-    for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
-                            repeat_penalty=1.0, reset=True):
-        if tok in eog or len(out) >= MAX_TOKENS:
+    # Greedy by hand, to also record how far the best token is ahead of the runner-up: where
+    # that margin is tiny, another implementation's rounding may pick the other token.
+    import numpy as np
+
+    out, margins = [], []
+    llm.reset()
+    llm.eval(prompt_ids)
+    while len(out) < MAX_TOKENS:
+        logits = np.array(llm.scores[llm.n_tokens - 1])
+        best, second = logits.argsort()[-2:][::-1]
+        margins.append(round(float(logits[best] - logits[second]), 4))
+        if int(best) in eog:
             break
-        out.append(tok)
+        out.append(int(best))
+        llm.eval([int(best)])
     text = llm.detokenize(out).decode("utf-8", errors="replace")
     return {
         "generator": "worker-image/scripts/llamacpp-reference.py",
@@ -83,6 +93,7 @@ def build(gguf):
             "max_tokens": MAX_TOKENS,
             "completion_ids": out,
             "completion_text": text,
+            "top2_logit_margins": margins,
         },
     }
 
@@ -98,6 +109,9 @@ def main():
         with open(args.out, encoding="utf-8") as f:
             committed = json.load(f)
         keys = ("model_sha256", "tokenization", "chat")
+        # Margins are floats that may vary in the last digits between CPUs; ids and text must not.
+        for d in (committed, ref):
+            d.get("chat", {}).pop("top2_logit_margins", None)
         diff = [k for k in keys if committed.get(k) != ref.get(k)]
         if diff:
             print(f"llamacpp-reference: fixture differs in {diff}: rerun without --check", file=sys.stderr)
@@ -107,7 +121,7 @@ def main():
         return 0
     text = json.dumps(ref, ensure_ascii=False, indent=1)
     # Token id lists on one line each, so the fixture stays readable in diffs.
-    text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
+    text = re.sub(r"\[[\d.,\s-]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     print(f"llamacpp-reference: wrote {os.path.abspath(args.out)}", file=sys.stderr)

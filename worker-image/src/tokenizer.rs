@@ -62,8 +62,9 @@ pub fn from_gguf_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer, Stri
             _ => {}
         }
     }
-    tokenizer.add_special_tokens(&special);
-    tokenizer.add_tokens(&user);
+    let added = |e: tokenizers::Error| format!("invalid special tokens in GGUF metadata: {e}");
+    tokenizer.add_special_tokens(special).map_err(added)?;
+    tokenizer.add_tokens(user).map_err(added)?;
     Ok(tokenizer)
 }
 

