@@ -204,6 +204,12 @@ impl Metrics {
         out
     }
 
+    /// The same metrics in the Prometheus text format 0.0.4, for scrapers that do not ask for
+    /// OpenMetrics (promtool, curl): counter families carry their `_total` name there.
+    pub fn encode_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
     /// Starts timing one reconciliation; the time is recorded when the guard drops.
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         ReconcileTimer { start: Instant::now(), histogram: &self.reconcile_duration }
@@ -338,6 +344,28 @@ impl Metrics {
     }
 }
 
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Records the reconcile duration on drop.
 pub struct ReconcileTimer<'a> {
     start: Instant,
@@ -347,5 +375,69 @@ pub struct ReconcileTimer<'a> {
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.status_written();
+        let text = m.encode_prometheus_text();
+        assert!(text.contains("# TYPE rbee_operator_status_writes_total counter"), "{text}");
+        assert!(text.contains("# HELP rbee_operator_status_writes_total "), "{text}");
+        assert!(text.contains("rbee_operator_status_writes_total 1"), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(m.encode().ends_with("# EOF\n"));
+    }
+
+    /// Alerts and dashboards may only use what charts/rbee-operator/metrics.txt lists; the
+    /// operator exports exactly its operator families.
+    #[test]
+    fn exports_exactly_the_documented_families() {
+        let m = Metrics::new();
+        let w = WorkerLabels { namespace: "ns".into(), worker: "w".into() };
+        let status: RbeeWorkerStatus = serde_json::from_value(serde_json::json!({
+            "phase": "Ready",
+            "heartbeat": {"lastHeartbeatTime": "2026-11-27T10:00:00Z"},
+            "vram": {"usedBytes": 1, "totalBytes": 2, "limitBytes": 2}
+        }))
+        .unwrap_or_default();
+        m.observe_worker(&w, &status);
+        m.restarted(&w, "HeartbeatStale");
+        m.reconcile_failed("api");
+        m.heartbeat_handled("accepted", 0.001);
+        m.clock_skew(0.1);
+        m.token_review();
+        m.status_written();
+        m.set_leader(true);
+        drop(m.reconcile_timer());
+        let text = m.encode_prometheus_text();
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/rbee-operator/metrics.txt"
+        ))
+        .unwrap_or_default();
+        let mut section = "";
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| {
+                if let Some(c) = l.strip_prefix('#') {
+                    section = if c.trim().starts_with("operator") { "operator" } else { "" };
+                    return None;
+                }
+                (section == "operator" && !l.trim().is_empty()).then(|| l.trim().to_string())
+            })
+            .collect();
+        assert_eq!(exported, documented);
     }
 }

@@ -117,7 +117,7 @@ fn cpu_pod_has_no_gpu_and_model_labels_are_valid() {
     );
     let pod = build_pod(&cpu, &settings()).expect("pod");
     let res = pod.spec.as_ref().expect("spec").containers[0].resources.clone().unwrap_or_default();
-    assert!(res.limits.unwrap_or_default().get("nvidia.com/gpu").is_none());
+    assert!(!res.limits.unwrap_or_default().contains_key("nvidia.com/gpu"));
     assert_eq!(model_label("SmolLM2 135M (Q4)"), "SmolLM2-135M--Q4");
     assert_eq!(model_label(&"x".repeat(100)).len(), 63);
 }

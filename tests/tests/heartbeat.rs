@@ -150,7 +150,7 @@ async fn a_heartbeat_updates_status_and_bad_ones_change_nothing() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = status_json(&workers, "a").await?;
     let good = |seq| payload(&ns.name, "a", &pod_a, seq, "ready");
-    let mut with = |f: &dyn Fn(&mut serde_json::Value)| {
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v = good(2);
         f(&mut v);
         v.to_string()

@@ -343,3 +343,91 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
     assert_eq!(holder(&released), "");
     ns.delete().await
 }
+
+/// Families in an OpenMetrics scrape, counters with their `_total` suffix (as PromQL sees them).
+fn families(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (name, kind) = (parts.next()?, parts.next()?);
+            let counter = kind == "counter" && !name.ends_with("_total");
+            Some(if counter { format!("{name}_total") } else { name.to_string() })
+        })
+        .collect()
+}
+
+/// The operator part of charts/rbee-operator/metrics.txt, which alerts and dashboards may use.
+fn documented_operator_families() -> anyhow::Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(
+        rbee_testkit::repo_root().join("charts/rbee-operator/metrics.txt"),
+    )?;
+    let mut section = String::new();
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix('#') {
+            section = comment.trim().to_string();
+        } else if section.starts_with("operator") && !line.trim().is_empty() {
+            out.insert(line.trim().to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn metrics_scrape_passes_promtool_and_matches_the_documented_families() -> anyhow::Result<()>
+{
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "op-metrics", RESTRICTED).await?;
+    let op = OperatorProcess::start(&ns.name, &[])?;
+    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
+    workers
+        .create(
+            &PostParams::default(),
+            &worker("m", serde_json::json!({"limits": {"vramBytes": 1000}})),
+        )
+        .await?;
+    wait_for(&workers, "m", Duration::from_secs(30), "reconciled", |w| w.status.is_some()).await?;
+    // A refused heartbeat puts the heartbeat families on the page too.
+    let _ = reqwest::Client::new().post(op.heartbeat_url()).body("{}").send().await?;
+    let scrape = eventually(Duration::from_secs(10), "per-worker series", || async {
+        let text = op.metrics().await.map_err(|e| e.to_string())?;
+        if text.contains("rbee_worker_ready{") && text.contains("rbee_operator_heartbeats_total{") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await?;
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = promtool.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(scrape.as_bytes())?;
+    }
+    let out = promtool.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Families without samples yet are not printed; the metrics unit test covers all of them.
+    let exported: BTreeSet<String> =
+        families(&scrape).into_iter().filter(|f| f.starts_with("rbee_")).collect();
+    let documented = documented_operator_families()?;
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in charts/rbee-operator/metrics.txt: {undocumented:?}"
+    );
+    assert!(exported.len() >= 12, "{exported:?}");
+    ns.delete().await
+}

@@ -188,3 +188,18 @@ async fn client_disconnect_cancels_generation() {
     let (_, metrics) = w.get("/metrics").await;
     assert!(metrics.contains("outcome=\"cancelled\"} 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_strings_end_generation_without_leaking_a_partial_match() {
+    let w = TestWorker::start(options(&smollm2_gguf()), default_config()).await;
+    let (_, mut body) = fixture_chat();
+    body["stop"] = json!([" biological process", "zzz"]);
+    let (status, resp) = w.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["choices"][0]["message"]["content"], "Photosynthesis is a vital");
+    assert_eq!(resp["choices"][0]["finish_reason"], "stop");
+    body["stream"] = json!(true);
+    let (chunks, done) = w.stream("/v1/chat/completions", body).await;
+    assert!(done);
+    assert_eq!(chat_stream_text(&chunks), "Photosynthesis is a vital");
+}

@@ -226,3 +226,22 @@ fn cuda_backend_in_cpu_build_fails_clearly() {
         Err(e) => assert!(e.to_string().contains("without CUDA support"), "{e}"),
     }
 }
+
+#[test]
+fn incremental_decoding_never_splits_a_character() {
+    let dir = tiny_model(2);
+    let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).expect("tok");
+    let text = "héllo 🙂 日本";
+    let ids = tok.encode(text, false).expect("encode").get_ids().to_vec();
+    assert!(ids.len() > text.chars().count(), "byte-level tokens split characters");
+    let mut dec = llm_worker_rbee::tokenizer::IncrementalDecoder::default();
+    let mut out = String::new();
+    for id in ids {
+        if let Some(delta) = dec.push(&tok, id).expect("push") {
+            assert!(!delta.contains('\u{FFFD}'), "delta {delta:?} has a broken character");
+            out.push_str(&delta);
+        }
+    }
+    out.push_str(&dec.flush(&tok).expect("flush"));
+    assert_eq!(out, text);
+}

@@ -250,7 +250,7 @@ fn examples_are_valid_workers() {
             let text = std::fs::read_to_string(&path).expect("readable example");
             for doc in serde_yaml::Deserializer::from_str(&text) {
                 let value = serde_yaml::Value::deserialize(doc).expect("yaml");
-                if value["kind"] == serde_yaml::Value::from("RbeeWorker") {
+                if value["kind"] == "RbeeWorker" {
                     let w: Result<RbeeWorker, _> = serde_yaml::from_value(value);
                     assert!(w.is_ok(), "{}: {:?}", path.display(), w.err());
                     seen += 1;

@@ -23,7 +23,7 @@ fn the_documented_example_parses() {
             .expect("docs/heartbeat.md");
     let start = doc.find("```json").expect("a json block") + "```json".len();
     let end = start + doc[start..].find("```").expect("closed block");
-    let hb = Heartbeat::parse(doc[start..end].as_bytes());
+    let hb = Heartbeat::parse(&doc.as_bytes()[start..end]);
     assert!(hb.is_ok(), "{hb:?}");
 }
 

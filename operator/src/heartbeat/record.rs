@@ -92,10 +92,8 @@ impl HeartbeatStore {
     ) -> Recorded {
         let mut records = self.lock();
         let previous = records.get(key).filter(|r| r.pod_uid == pod_uid);
-        if let Some(prev) = previous {
-            if now.duration_since(prev.received_at) < min_gap {
-                return Recorded::TooFrequent;
-            }
+        if previous.is_some_and(|prev| now.duration_since(prev.received_at) < min_gap) {
+            return Recorded::TooFrequent;
         }
         let visible_change = previous.is_none_or(|p| Visible::of(&p.beat) != Visible::of(&beat));
         let streak = match previous {
