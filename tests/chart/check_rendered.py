@@ -20,14 +20,14 @@ CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions", ("get",), ("rbeeworkers.rbee.dev",)),
 }
 WORKER_RULES = {
-    ("rbee.dev", "rbeeworkers", ("get", "list", "watch"), ()),
-    ("rbee.dev", "rbeeworkers/status", ("get", "patch"), ()),
-    ("", "pods", ("create", "delete", "get", "list", "patch", "watch"), ()),
+    ("rbee.dev", "rbeeworkers", ("list", "watch"), ()),
+    ("rbee.dev", "rbeeworkers/status", ("patch",), ()),
+    ("", "pods", ("create", "delete", "list", "patch", "watch"), ()),
     ("events.k8s.io", "events", ("create", "patch"), ()),
 }
 LEADER_RULES = {
     ("coordination.k8s.io", "leases", ("create", "get", "update"), ()),
-    ("", "pods", ("get", "patch"), ()),
+    ("", "pods", ("patch",), ()),
 }
 ALERTS = {
     "RbeeWorkerStale", "RbeeWorkerRestartingFrequently", "RbeeWorkerRestartLimitExceeded",

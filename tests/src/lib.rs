@@ -3,6 +3,7 @@
 //! print the object when they fail.
 
 pub mod operator;
+pub mod runner;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

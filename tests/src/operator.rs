@@ -22,6 +22,59 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// The chart's ServiceAccount (and RBAC object names) for a release in a test namespace;
+/// unique per namespace because the ClusterRole and its binding are cluster-scoped.
+pub fn operator_service_account(namespace: &str) -> String {
+    format!("op-{namespace}").chars().take(63).collect()
+}
+
+/// Renders the chart's ServiceAccount and RBAC for a release in `namespace` (scoped to it),
+/// applies them as admin, and writes a kubeconfig holding a token of that ServiceAccount.
+pub fn chart_rbac_kubeconfig(namespace: &str) -> anyhow::Result<PathBuf> {
+    let env = crate::testenv()?;
+    let chart = crate::repo_root().join("charts/rbee-operator");
+    let rendered = Command::new(env.bin_dir.join("helm"))
+        .args(["template", namespace, &chart.to_string_lossy(), "--namespace", namespace])
+        .args(["--set", &format!("fullnameOverride={}", operator_service_account(namespace))])
+        .args([
+            "--set",
+            "scope.namespaced=true",
+            "--set",
+            &format!("scope.watchNamespace={namespace}"),
+        ])
+        .args([
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .output()
+        .context("running helm template")?;
+    if !rendered.status.success() {
+        bail!("helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
+    }
+    let yaml = String::from_utf8_lossy(&rendered.stdout).to_string();
+    let applied = crate::kubectl_with_stdin(&["apply", "-n", namespace, "-f", "-"], Some(&yaml))?;
+    if !applied.status.success() {
+        bail!("applying the chart's RBAC failed: {}", String::from_utf8_lossy(&applied.stderr));
+    }
+    let out = std::env::temp_dir().join(format!("rbee-operator-{namespace}.kubeconfig"));
+    let minted = Command::new(crate::testenv_script())
+        .args([
+            "kubeconfig-for-sa",
+            namespace,
+            &operator_service_account(namespace),
+            &out.to_string_lossy(),
+        ])
+        .output()
+        .context("running testenv kubeconfig-for-sa")?;
+    if !minted.status.success() {
+        bail!("testenv kubeconfig-for-sa failed: {}", String::from_utf8_lossy(&minted.stderr));
+    }
+    Ok(out)
+}
+
 /// The built operator binary next to the test binary's profile directory.
 pub fn operator_binary() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("RBEE_OPERATOR_BIN") {
@@ -41,10 +94,12 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
 }
 
 impl OperatorProcess {
-    /// Starts an operator that watches only `namespace` and elects its leader there.
+    /// Starts an operator that watches only `namespace` and elects its leader there, with
+    /// the RBAC of the Helm chart (not the admin certificate), so a missing permission fails
+    /// the test that needs it.
     pub fn start(namespace: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let env = crate::testenv()?;
-        Self::start_with_kubeconfig(namespace, &env.kubeconfig, extra)
+        let kubeconfig = chart_rbac_kubeconfig(namespace)?;
+        Self::start_with_kubeconfig(namespace, &kubeconfig, extra)
     }
 
     /// As [`start`](Self::start), with another identity (kubeconfig).

@@ -75,6 +75,8 @@ def bench_llamacpp(args, prompt_text):
         n = 0
         for c in llm.create_completion(prompt_ids, temperature=0, top_k=1, max_tokens=args.max_tokens,
                                        stream=True, repeat_penalty=1.0):
+            if not c["choices"][0]["text"]:
+                continue  # the closing chunk carries only finish_reason
             now = time.perf_counter()
             first = first or now
             last = now

@@ -64,7 +64,8 @@ pub struct Args {
     #[arg(long, env = env::BIND_ADDRESS, default_value = "0.0.0.0:8080", value_name = "HOST:PORT")]
     pub bind_address: String,
 
-    /// Compute threads of the cpu backend (default: one per core).
+    /// Compute threads of the cpu backend (default: one per physical core). Sets
+    /// CANDLE_NUM_THREADS and RAYON_NUM_THREADS (the worker re-executes itself once to apply them).
     #[arg(long, env = env::THREADS)]
     pub threads: Option<usize>,
 

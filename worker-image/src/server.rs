@@ -13,12 +13,6 @@ use crate::model::{LoadOptions, device_for};
 /// Runs the worker until SIGTERM/SIGINT: serves HTTP at once (503 while loading), loads the
 /// model on the engine thread, then drains in-flight requests within the grace period.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(threads) = args.threads {
-        // candle's CPU kernels use rayon's global pool.
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
-            tracing::warn!(error = %e, "cannot set the number of compute threads");
-        }
-    }
     let backend = args.backend.into();
     let device = device_for(backend, args.device)?;
     let status = EngineStatus::new(backend, args.device_label());

@@ -1,17 +1,17 @@
 {{/* Rules on namespaced objects: cluster-wide, or in the watched namespace only. */}}
 {{- define "rbee-operator.workerRules" }}
-  # Reconcile RbeeWorkers and look up the worker a heartbeat names.
+  # Watch RbeeWorkers into the cache that reconciles and heartbeat lookups read.
   - apiGroups: ["rbee.dev"]
     resources: ["rbeeworkers"]
-    verbs: ["get", "list", "watch"]
+    verbs: ["list", "watch"]
   # Write status by server-side apply on the status subresource.
   - apiGroups: ["rbee.dev"]
     resources: ["rbeeworkers/status"]
-    verbs: ["get", "patch"]
-  # Worker pods: build them by server-side apply, watch them, delete them to restart a worker.
+    verbs: ["patch"]
+  # Worker pods: watch them, apply them (an apply that creates is authorised as create), delete them to restart a worker.
   - apiGroups: [""]
     resources: ["pods"]
-    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+    verbs: ["list", "watch", "create", "patch", "delete"]
   # Events on RbeeWorkers for phase transitions and restarts.
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]

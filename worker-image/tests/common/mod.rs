@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod convert;
+pub mod requant;
 pub mod tiny;
 
 use std::path::{Path, PathBuf};
