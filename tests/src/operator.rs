@@ -80,16 +80,13 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("RBEE_OPERATOR_BIN") {
         return Ok(PathBuf::from(p));
     }
+    // Test binaries live in <profile>/deps, other binaries in <profile>.
     let exe = std::env::current_exe()?;
-    let profile_dir =
-        exe.parent().and_then(|deps| deps.parent()).context("test binary has no profile dir")?;
-    let bin = profile_dir.join("rbee-operator");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it first with `cargo build --release -p rbee-operator` (tests/check does)",
-            bin.display()
-        );
-    }
+    let candidates: Vec<PathBuf> =
+        exe.ancestors().skip(1).take(2).map(|d| d.join("rbee-operator")).collect();
+    let bin = candidates.iter().find(|p| p.exists()).cloned().with_context(|| {
+        format!("rbee-operator is missing next to {}: build it first with `cargo build --release -p rbee-operator` (tests/check does)", exe.display())
+    })?;
     Ok(bin)
 }
 

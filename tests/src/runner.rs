@@ -6,6 +6,7 @@
 mod launch;
 mod pod_task;
 mod status;
+mod token;
 
 pub use launch::{LaunchPlan, ReadinessProbe, TokenPlan, WORKER_COMMAND, plan_launch};
 pub use status::{ContainerState, PodReport, Termination, readiness_gates_pass, status_patch};

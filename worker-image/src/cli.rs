@@ -80,9 +80,65 @@ pub struct Args {
     /// Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.
     #[arg(long, env = "RBEE_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+
+    /// Operator URL to send heartbeats to (POST); none are sent when unset.
+    #[arg(long, env = env::HEARTBEAT_URL, value_name = "URL")]
+    pub heartbeat_url: Option<String>,
+
+    /// Seconds between heartbeats (each spread by up to ±10%).
+    #[arg(long, env = env::HEARTBEAT_INTERVAL_SECONDS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_interval_seconds: u64,
+
+    /// Projected service-account token (audience rbee-operator), re-read before each heartbeat.
+    #[arg(long, env = env::HEARTBEAT_TOKEN_PATH, default_value = "/var/run/secrets/rbee.dev/heartbeat/token", value_name = "PATH")]
+    pub heartbeat_token_path: PathBuf,
+
+    /// Namespace of this worker's RbeeWorker (needed with --heartbeat-url).
+    #[arg(long, env = env::WORKER_NAMESPACE)]
+    pub worker_namespace: Option<String>,
+
+    /// Name of this worker's RbeeWorker (needed with --heartbeat-url).
+    #[arg(long, env = env::WORKER_NAME)]
+    pub worker_name: Option<String>,
+
+    /// Name of this pod (downward API; needed with --heartbeat-url).
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+
+    /// UID of this pod (downward API; needed with --heartbeat-url).
+    #[arg(long, env = env::POD_UID)]
+    pub pod_uid: Option<String>,
 }
 
 impl Args {
+    /// Heartbeat settings, if heartbeats are asked for; an error names what is missing.
+    pub fn heartbeat_config(&self) -> anyhow::Result<Option<crate::heartbeat::HeartbeatConfig>> {
+        let Some(url) = &self.heartbeat_url else { return Ok(None) };
+        let need = |v: &Option<String>, flag: &str, var: &str| {
+            v.clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--heartbeat-url needs --{flag} (or {var})"))
+        };
+        let identity = rbee_api::heartbeat::WorkerIdentity {
+            namespace: need(&self.worker_namespace, "worker-namespace", env::WORKER_NAMESPACE)?,
+            name: need(&self.worker_name, "worker-name", env::WORKER_NAME)?,
+            pod_name: need(&self.pod_name, "pod-name", env::POD_NAME)?,
+            pod_uid: need(&self.pod_uid, "pod-uid", env::POD_UID)?,
+        };
+        let model_dir = if self.model.is_dir() {
+            self.model.clone()
+        } else {
+            self.model.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+        };
+        Ok(Some(crate::heartbeat::HeartbeatConfig {
+            url: url.clone(),
+            interval: std::time::Duration::from_secs(self.heartbeat_interval_seconds),
+            token_path: self.heartbeat_token_path.clone(),
+            identity,
+            model_dir,
+        }))
+    }
+
     /// Device label for logs, metrics and /health: `cpu` or `cuda:N`.
     pub fn device_label(&self) -> String {
         match self.backend {

@@ -16,6 +16,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let backend = args.backend.into();
     let device = device_for(backend, args.device)?;
     let status = EngineStatus::new(backend, args.device_label());
+    let heartbeat = args.heartbeat_config()?;
     let metrics = Metrics::new(backend.as_str(), &args.device_label());
     let config = EngineConfig { max_queue: args.max_queue, max_batch: args.max_batch as usize };
     let (handle, runner) = engine(config, status.clone(), metrics);
@@ -31,6 +32,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         context_length: args.context_length,
     };
     let engine_thread = runner.spawn(opts, device)?;
+    if let Some(cfg) = heartbeat {
+        tokio::spawn(crate::heartbeat::run(status.clone(), cfg));
+    }
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let shutdown_handle = handle.clone();
     let app = crate::api::router(handle);

@@ -24,10 +24,12 @@ pub struct LaunchPlan {
     pub env: Vec<(String, String)>,
     /// Directories to create before the start (emptyDir and projected volumes).
     pub dirs: Vec<PathBuf>,
-    /// The projected service-account token to keep fresh, if the pod mounts one.
-    pub token: Option<TokenPlan>,
+    /// The projected service-account tokens to keep fresh.
+    pub tokens: Vec<TokenPlan>,
     /// The readiness probe, if the container has an httpGet one.
     pub readiness: Option<ReadinessProbe>,
+    /// terminationMessagePolicy FallbackToLogsOnError: a failed run's log tail is its message.
+    pub fallback_to_logs: bool,
 }
 
 /// A projected service-account token: where it goes and how it is minted.
@@ -68,7 +70,7 @@ pub fn plan_launch(
     let spec = pod.spec.as_ref().ok_or("pod has no spec")?;
     let container = spec.containers.first().ok_or("pod has no containers")?;
     let mut dirs = Vec::new();
-    let mut token = None;
+    let mut tokens = Vec::new();
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let volume = spec
@@ -91,14 +93,12 @@ pub fn plan_launch(
             local_root
         } else if let Some(projected) = &volume.projected {
             dirs.push(local_root.clone());
-            for source in projected.sources.iter().flatten() {
-                let Some(sa) = &source.service_account_token else {
-                    return Err(format!(
-                        "volume {}: only serviceAccountToken projections are supported",
-                        volume.name
-                    ));
-                };
-                token = Some(TokenPlan {
+            // Only service-account tokens are provided; the CA bundle and downward-API
+            // files of an automounted kube-api-access volume are left out.
+            for sa in
+                projected.sources.iter().flatten().filter_map(|s| s.service_account_token.as_ref())
+            {
+                tokens.push(TokenPlan {
                     file: local_root.join(&sa.path),
                     audience: sa.audience.clone().unwrap_or_default(),
                     expiration_seconds: sa.expiration_seconds.unwrap_or(3600),
@@ -126,8 +126,10 @@ pub fn plan_launch(
         args,
         env: environment(pod, container, pod_ip, &mounts)?,
         dirs,
-        token,
+        tokens,
         readiness: readiness(container, pod_ip),
+        fallback_to_logs: container.termination_message_policy.as_deref()
+            == Some("FallbackToLogsOnError"),
     })
 }
 

@@ -49,7 +49,7 @@ fn operator_pod_maps_to_local_paths_ip_and_binary() {
     );
     assert_eq!(env_of(&plan, "RBEE_POD_NAME"), Some("smol-worker"));
     assert_eq!(env_of(&plan, "RBEE_POD_UID"), Some("pod-uid-1"));
-    let token = plan.token.expect("token plan");
+    let token = plan.tokens.first().expect("token plan");
     assert_eq!(token.file, PathBuf::from("/state/p/var/run/secrets/rbee.dev/heartbeat/token"));
     assert_eq!((token.audience.as_str(), token.expiration_seconds), ("rbee-operator", 3600));
     assert!(plan.dirs.contains(&PathBuf::from("/state/p/tmp")));

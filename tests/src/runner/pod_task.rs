@@ -9,9 +9,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -20,6 +19,7 @@ use super::launch::{LaunchPlan, TokenPlan, plan_launch};
 use super::status::{
     ContainerState, PodReport, Termination, now_rfc3339, readiness_gates_pass, status_patch,
 };
+use super::token;
 
 /// Why a pod's process must stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,6 +92,10 @@ impl PodTask {
             container: container.name.clone(),
             image: container.image.clone().unwrap_or_default(),
         };
+        let pending = *self.stop.borrow_and_update();
+        if pending != Stop::No {
+            return self.finish(pending).await;
+        }
         let plan = match plan_launch(&pod, self.ip, &self.dir, &self.worker_bin, &self.volumes) {
             Ok(plan) => plan,
             Err(message) => {
@@ -103,12 +107,9 @@ impl PodTask {
         if let Err(message) = prepare_dirs(&self.dir, &plan) {
             return self.fail_to_start(&mut report, "CreateContainerError", message).await;
         }
-        let mut token_due = match &plan.token {
-            Some(token) => match self.mint_until_done(token).await {
-                Ok(due) => due,
-                Err(stop) => return self.finish(stop).await,
-            },
-            None => Instant::now() + Duration::from_secs(86400),
+        let mut token_due = match self.mint_until_done(&plan.tokens).await {
+            Ok(due) => due,
+            Err(stop) => return self.finish(stop).await,
         };
         loop {
             let (mut child, log_start) = match self.spawn(&plan) {
@@ -120,7 +121,8 @@ impl PodTask {
             let started_at = now_rfc3339();
             report.phase = "Running";
             report.state = ContainerState::Running { started_at: started_at.clone() };
-            report.container_ready = false;
+            // Without a readiness probe a running container is ready, as with kubelet.
+            report.container_ready = plan.readiness.is_none();
             report.ready_since = started_at.clone();
             self.report(&report).await;
             let outcome = self
@@ -196,7 +198,9 @@ impl PodTask {
                         exit_code,
                         started_at: started_at.to_string(),
                         finished_at: now_rfc3339(),
-                        message: (exit_code != 0).then(|| self.log_tail(log_start)).flatten(),
+                        message: (exit_code != 0 && plan.fallback_to_logs)
+                            .then(|| self.log_tail(log_start))
+                            .flatten(),
                     });
                 }
                 changed = self.stop.changed() => {
@@ -232,9 +236,8 @@ impl PodTask {
                         self.report(report).await;
                     }
                 }
-                () = tokio::time::sleep_until(*token_due), if plan.token.is_some() => {
-                    let Some(token) = &plan.token else { continue };
-                    *token_due = match self.mint(token).await {
+                () = tokio::time::sleep_until(*token_due) => {
+                    *token_due = match self.mint_all(&plan.tokens).await {
                         Ok(due) => due,
                         Err(e) => {
                             tracing::warn!(pod = %self.key(), error = %e, "token refresh failed; retrying");
@@ -293,9 +296,9 @@ impl PodTask {
         Ok((child, log_start))
     }
 
-    async fn mint_until_done(&mut self, token: &TokenPlan) -> Result<Instant, Stop> {
+    async fn mint_until_done(&mut self, tokens: &[TokenPlan]) -> Result<Instant, Stop> {
         loop {
-            match self.mint(token).await {
+            match self.mint_all(tokens).await {
                 Ok(due) => return Ok(due),
                 Err(e) => {
                     tracing::warn!(pod = %self.key(), error = %e, "minting the projected token failed; retrying")
@@ -308,37 +311,8 @@ impl PodTask {
         }
     }
 
-    /// Mints the token bound to the pod, writes it, and says when to refresh (80 % of life).
-    async fn mint(&self, token: &TokenPlan) -> Result<Instant, String> {
-        let pod = self.snapshot();
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![token.audience.clone()],
-                expiration_seconds: Some(token.expiration_seconds),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: pod.metadata.name.clone(),
-                    uid: pod.metadata.uid.clone(),
-                }),
-            },
-            ..TokenRequest::default()
-        };
-        let issued = Instant::now();
-        let answer = self
-            .accounts
-            .create_token_request(&token.service_account, &PostParams::default(), &request)
-            .await
-            .map_err(|e| {
-                format!("TokenRequest for serviceaccount {}: {e}", token.service_account)
-            })?;
-        let jwt = answer.status.map(|s| s.token).ok_or("TokenRequest answered without a token")?;
-        let tmp = token.file.with_extension("tmp");
-        std::fs::write(&tmp, jwt).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &token.file)
-            .map_err(|e| format!("writing {}: {e}", token.file.display()))?;
-        let life = u64::try_from(token.expiration_seconds).unwrap_or(600);
-        Ok(issued + Duration::from_millis(life * 800))
+    async fn mint_all(&self, tokens: &[TokenPlan]) -> Result<Instant, String> {
+        token::mint_all(&self.accounts, &self.snapshot(), tokens).await
     }
 
     async fn report(&self, report: &PodReport) {
