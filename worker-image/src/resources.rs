@@ -24,7 +24,7 @@ pub fn rss_bytes() -> Option<u64> {
 /// Free bytes available to this process on the filesystem holding `path`.
 pub fn free_disk_bytes(path: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(u64::from(stat.blocks_available()).saturating_mul(stat.fragment_size()))
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
 /// The accelerator and its memory.
