@@ -135,7 +135,9 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
             )
             .await?;
         }
-        PodAction::Delete { uid } => delete_pod(&pods, &pod_name(&worker), uid).await?,
+        PodAction::Delete { uid, grace_seconds } => {
+            delete_pod(&pods, &pod_name(&worker), uid, *grace_seconds).await?
+        }
     }
     if decision.restarted.is_none() {
         write_status(&ctx, &worker, &decision.status, false).await?;
@@ -148,9 +150,15 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
     Ok(Action::requeue(decision.requeue_after))
 }
 
-async fn delete_pod(pods: &Api<Pod>, name: &str, uid: &str) -> Result<()> {
+async fn delete_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    grace_seconds: Option<i64>,
+) -> Result<()> {
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
+        grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
         ..DeleteParams::background()
     };
     match pods.delete(name, &params).await {

@@ -17,6 +17,9 @@ use crate::restart::{self, Failure, RestartDecision};
 use crate::status_fields;
 
 const RESTART_HISTORY: usize = 5;
+/// A failed worker has nothing left to drain, and a hung one would ignore SIGTERM for the
+/// pod's whole grace period before the replacement could start.
+pub const RESTART_GRACE_SECONDS: i64 = 1;
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Everything a decision depends on.
@@ -48,6 +51,8 @@ pub enum PodAction {
     Delete {
         /// UID precondition, so a newer pod of the same name is never hit.
         uid: String,
+        /// Grace period; `None` keeps the pod's own, so a healthy worker drains.
+        grace_seconds: Option<i64>,
     },
 }
 
@@ -167,7 +172,10 @@ pub fn plan(i: &Inputs) -> Plan {
             );
         }
         Some(v) if condemned => {
-            action = PodAction::Delete { uid: v.uid.clone() };
+            action = PodAction::Delete {
+                uid: v.uid.clone(),
+                grace_seconds: Some(RESTART_GRACE_SECONDS),
+            };
             progressing = Cond::new(
                 types::PROGRESSING,
                 Status::True,
@@ -176,7 +184,7 @@ pub fn plan(i: &Inputs) -> Plan {
             );
         }
         Some(v) if outdated => {
-            action = PodAction::Delete { uid: v.uid.clone() };
+            action = PodAction::Delete { uid: v.uid.clone(), grace_seconds: None };
             progressing = Cond::new(
                 types::PROGRESSING,
                 Status::True,
@@ -236,7 +244,10 @@ pub fn plan(i: &Inputs) -> Plan {
                                 .unwrap_or_else(|| i.now.checked_add(delay).unwrap_or(i.now));
                             if due <= i.now {
                                 record_restart(&mut restarts, f, &beat, v, &now_time);
-                                action = PodAction::Delete { uid: v.uid.clone() };
+                                action = PodAction::Delete {
+                                    uid: v.uid.clone(),
+                                    grace_seconds: Some(RESTART_GRACE_SECONDS),
+                                };
                                 restarted = Some(f.reason());
                                 notices.push(Notice::warning(
                                     "Restarting",

@@ -157,7 +157,10 @@ fn stale_heartbeat_restarts_after_recording_it() {
     assert_eq!(decide(&w, Some(&pod), Some(&hb), 12).action, PodAction::Keep, "still backing off");
 
     let p = decide(&w, Some(&pod), Some(&hb), 18);
-    assert_eq!(p.action, PodAction::Delete { uid: "p1".into() });
+    assert_eq!(
+        p.action,
+        PodAction::Delete { uid: "p1".into(), grace_seconds: Some(RESTART_GRACE_SECONDS) }
+    );
     assert_eq!(p.restarted, Some("HeartbeatStale"));
     assert_eq!(p.status.phase, Some(WorkerPhase::BackingOff));
     let r = p.status.restarts.clone().expect("restarts");
@@ -169,7 +172,10 @@ fn stale_heartbeat_restarts_after_recording_it() {
     // condemned pod without counting again.
     apply(&mut w, &p);
     let again = decide(&w, Some(&pod), Some(&hb), 19);
-    assert_eq!(again.action, PodAction::Delete { uid: "p1".into() });
+    assert_eq!(
+        again.action,
+        PodAction::Delete { uid: "p1".into(), grace_seconds: Some(RESTART_GRACE_SECONDS) }
+    );
     assert_eq!(again.restarted, None);
     assert_eq!(again.status.restarts.as_ref().map(|r| r.count), Some(1));
 
@@ -236,7 +242,7 @@ fn changed_spec_replaces_the_pod() {
     changed.spec.heartbeat.interval_seconds = 2;
     changed.metadata.generation = Some(2);
     let p = decide(&changed, Some(&pod), None, 1);
-    assert_eq!(p.action, PodAction::Delete { uid: "p1".into() });
+    assert_eq!(p.action, PodAction::Delete { uid: "p1".into(), grace_seconds: None });
     assert!(p.notices.iter().any(|n| n.reason == "PodReplaced"));
     assert_eq!(p.status.observed_generation, Some(2));
 }

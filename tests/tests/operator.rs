@@ -317,6 +317,12 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
     let follower_reconciles =
         follower.metric("rbee_operator_reconcile_duration_seconds_count ").await.unwrap_or(0.0);
     assert_eq!(follower_reconciles, 0.0, "the follower reconciled");
+    // Only the leader accepts heartbeats; a follower says so with a retry hint.
+    let resp = reqwest::Client::new().post(follower.heartbeat_url()).body("{}").send().await?;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    let body: serde_json::Value = resp.json().await?;
+    assert_eq!(body["error"]["type"], "not_leader", "{body}");
 
     let killed_at = Instant::now();
     leader.kill();
