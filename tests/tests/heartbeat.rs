@@ -146,7 +146,8 @@ async fn a_heartbeat_updates_status_and_bad_ones_change_nothing() -> anyhow::Res
         "{table}"
     );
 
-    // Let the status settle, then every bad heartbeat must leave it byte-for-byte unchanged.
+    // One heartbeat interval (1 s) passes, as for a real worker, so the good heartbeat sent
+    // after the bad ones is not throttled; every bad one must leave status byte-for-byte unchanged.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = status_json(&workers, "a").await?;
     let good = |seq| payload(&ns.name, "a", &pod_a, seq, "ready");
@@ -248,6 +249,7 @@ async fn silence_makes_a_worker_stale_then_restarts_it_until_the_limit() -> anyh
                 .await?;
         assert_eq!(code, 200, "{body}");
         last_ok = Instant::now();
+        // The worker's own cadence (intervalSeconds 1), not a wait for the cluster.
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let stale = wait_for(&workers, "s", Duration::from_secs(10), "Stale", |w| {
