@@ -240,6 +240,36 @@ where
     }
 }
 
+/// A service-account token of the namespace's `default` ServiceAccount, bound to `pod`, with
+/// the operator's audience: what kubelet projects into a worker pod.
+pub async fn bound_token(
+    client: &Client,
+    namespace: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    wait_for(&sas, "default", Duration::from_secs(30), "created", |_| true).await?;
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![rbee_api::names::TOKEN_AUDIENCE.into()],
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let resp = sas.create_token_request("default", &PostParams::default(), &req).await?;
+    resp.status.map(|s| s.token).filter(|t| !t.is_empty()).context("TokenRequest returned no token")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

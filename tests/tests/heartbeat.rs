@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use rbee_api::RbeeWorker;
 use rbee_testkit::operator::OperatorProcess;
-use rbee_testkit::{TempNamespace, client, eventually, kubectl, wait_for};
+use rbee_testkit::{TempNamespace, bound_token, client, eventually, kubectl, wait_for};
 
 fn worker(name: &str, heartbeat: serde_json::Value, restart: serde_json::Value) -> RbeeWorker {
     serde_json::from_value(serde_json::json!({
@@ -31,26 +30,6 @@ async fn running_pod(client: &Client, ns: &str, name: &str) -> anyhow::Result<Po
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })
     .await
-}
-
-async fn bound_token(client: &Client, ns: &str, pod: &Pod) -> anyhow::Result<String> {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    wait_for(&sas, "default", Duration::from_secs(30), "created", |_| true).await?;
-    let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec!["rbee-operator".into()],
-            expiration_seconds: Some(3600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..Default::default()
-    };
-    let resp = sas.create_token_request("default", &PostParams::default(), &req).await?;
-    Ok(resp.status.map(|s| s.token).unwrap_or_default())
 }
 
 fn payload(ns: &str, worker: &str, pod: &Pod, seq: u64, state: &str) -> serde_json::Value {

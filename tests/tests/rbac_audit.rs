@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rbee_api::RbeeWorker;
 use rbee_testkit::operator::{OperatorProcess, operator_service_account};
@@ -134,29 +133,7 @@ async fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()>
     .await?;
 
     // One heartbeat with a bound token (TokenReview), then silence: stale → restart (delete).
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    let token = sas
-        .create_token_request(
-            "default",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec!["rbee-operator".into()],
-                    expiration_seconds: Some(600),
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: pod.metadata.name.clone(),
-                        uid: pod.metadata.uid.clone(),
-                    }),
-                },
-                ..Default::default()
-            },
-        )
-        .await?
-        .status
-        .map(|s| s.token)
-        .unwrap_or_default();
+    let token = rbee_testkit::bound_token(&client, &ns.name, &pod).await?;
     let beat = serde_json::json!({"version": 1, "worker": {"namespace": ns.name, "name": "a", "podName": "a-worker", "podUid": pod.metadata.uid},
         "sequence": 1, "sentAt": jiff::Timestamp::now().to_string(), "health": "healthy", "state": "ready", "loadProgressPercent": 100,
         "backend": "cpu", "memoryRssBytes": 1, "inFlightRequests": 0});

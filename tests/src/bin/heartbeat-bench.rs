@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use rbee_api::RbeeWorker;
 use rbee_testkit::operator::OperatorProcess;
@@ -100,28 +99,9 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
     let mut senders = Vec::new();
     for pod in &running {
-        let req = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec!["rbee-operator".into()],
-                expiration_seconds: Some(3600),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: pod.metadata.name.clone(),
-                    uid: pod.metadata.uid.clone(),
-                }),
-            },
-            ..Default::default()
-        };
-        let token = sas
-            .create_token_request("default", &PostParams::default(), &req)
-            .await?
-            .status
-            .map(|s| s.token)
-            .unwrap_or_default();
+        let token = rbee_testkit::bound_token(&client, &ns.name, pod).await?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         senders.push((name.trim_end_matches("-worker").to_string(), pod.clone(), token));
     }
