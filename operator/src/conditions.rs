@@ -15,11 +15,6 @@ pub enum Status {
 }
 
 impl Status {
-    /// From a bool.
-    pub fn from_bool(b: bool) -> Self {
-        if b { Self::True } else { Self::False }
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             Self::True => "True",

@@ -241,11 +241,6 @@ impl Metrics {
         self.status_writes.inc();
     }
 
-    /// Total status writes so far.
-    pub fn status_writes(&self) -> u64 {
-        self.status_writes.get()
-    }
-
     /// Sets the leader gauge.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));

@@ -119,16 +119,6 @@ impl HeartbeatStore {
         self.lock().clear();
     }
 
-    /// Number of workers with a record.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no worker has a record.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeartbeatRecord>> {
         // A panic while holding the lock cannot leave a record half-written: inserts are whole.
         self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
