@@ -6,6 +6,8 @@ use clap::{Parser, ValueEnum};
 use rbee_api::names::env;
 use rbee_api::worker::Backend;
 
+use crate::model::CpuKernels;
+
 /// `--backend` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -69,6 +71,10 @@ pub struct Args {
     #[arg(long, env = env::THREADS)]
     pub threads: Option<usize>,
 
+    /// Kernels that run GGUF models on the cpu backend: `rbee` (the worker's own SIMD kernels
+    /// for Q4_1/Q8_0 files; other files use candle's) or `candle` (candle's for every file).
+    #[arg(long, env = "RBEE_CPU_KERNELS", value_enum, default_value_t = CpuKernels::Rbee)]
+    pub cpu_kernels: CpuKernels,
     /// Requests that may wait for a generation slot; more are answered 429.
     #[arg(long, env = "RBEE_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

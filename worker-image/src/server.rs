@@ -30,6 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         model_name: args.model_name.clone(),
         sha256: args.model_sha256.clone(),
         context_length: args.context_length,
+        cpu_kernels: args.cpu_kernels,
     };
     let engine_thread = runner.spawn(opts, device)?;
     if let Some(cfg) = heartbeat {

@@ -10,6 +10,7 @@ use common::{
     TempDir, TestWorker, chat_stream_text, default_config, llamacpp_fixture, options, smollm2_gguf,
 };
 use futures::StreamExt;
+use llm_worker_rbee::model::{CpuKernels, LoadOptions};
 use serde_json::json;
 
 const PREFIX_TOKENS: usize = 16;
@@ -208,10 +209,12 @@ async fn stop_strings_end_generation_without_leaking_a_partial_match() {
 fn greedy_library(
     path: &std::path::Path,
     n: usize,
+    cpu_kernels: CpuKernels,
 ) -> (String, llm_worker_rbee::model::LoadedModel) {
     use llm_worker_rbee::generate::{SamplingParams, Sequence};
-    let model = llm_worker_rbee::model::load(&options(path), &candle_core::Device::Cpu, &|_| {})
-        .expect("load");
+    let opts = LoadOptions { cpu_kernels, ..options(path) };
+    let model =
+        llm_worker_rbee::model::load(&opts, &candle_core::Device::Cpu, &|_| {}).expect("load");
     let (chat, _) = fixture_chat();
     let params = SamplingParams { max_tokens: n, ..SamplingParams::default() };
     let mut seq = Sequence::new(&model, ids(&chat["prompt_ids"]), params).expect("sequence");
@@ -242,9 +245,61 @@ fn q8_0_q4_0_and_q4_k_mixed_files_load_and_generate() {
     ] {
         let path = dir.path().join(format!("smollm2-{name}.gguf"));
         common::requant::requantize(&gguf, &path, dtype, fallback);
-        let (text, model) = greedy_library(&path, PREFIX_TOKENS);
+        let (text, model) = greedy_library(&path, PREFIX_TOKENS, CpuKernels::Rbee);
         let agree = agreeing_tokens(model.info(), &chat, &text);
         eprintln!("{name}: {text:?} ({agree} tokens agree with llama.cpp on Q4_1)");
         assert!(agree >= must_agree, "{name}: {text:?}");
     }
+}
+
+/// Logits of every step of greedy decoding of the fixture chat by `model`, with the tokens
+/// that `model` or, when given, `forced` chose fed back.
+fn greedy_logits(
+    model: &llm_worker_rbee::model::LoadedModel,
+    n: usize,
+    forced: Option<&[u32]>,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let (chat, _) = fixture_chat();
+    let prompt = ids(&chat["prompt_ids"]);
+    let mut cache = model.new_cache().expect("cache");
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    let mut input = prompt.clone();
+    for step in 0..n {
+        let pos = if step == 0 { 0 } else { prompt.len() + step - 1 };
+        let logits: Vec<f32> =
+            model.forward(&mut cache, &input, pos).expect("fwd").to_vec1().expect("v");
+        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).expect("max");
+        let next = forced.map_or(best as u32, |f| f[step]);
+        tokens.push(next);
+        all.push(logits);
+        input = vec![next];
+    }
+    (tokens, all)
+}
+
+#[test]
+fn rbee_cpu_kernels_compute_candles_logits() {
+    let gguf = smollm2_gguf();
+    let load = |cpu_kernels| {
+        let opts = LoadOptions { cpu_kernels, ..options(&gguf) };
+        llm_worker_rbee::model::load(&opts, &candle_core::Device::Cpu, &|_| {}).expect("load")
+    };
+    let (candle, ours) = (load(CpuKernels::Candle), load(CpuKernels::Rbee));
+    let (tokens, want) = greedy_logits(&candle, 64, None);
+    let (_, got) = greedy_logits(&ours, 64, Some(&tokens));
+    let mut same = 0;
+    for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+        let mut sorted = w.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let margin = sorted[0] - sorted[1];
+        let best = (0..g.len()).max_by(|&a, &b| g[a].total_cmp(&g[b])).expect("max") as u32;
+        same += usize::from(best == tokens[step]);
+        // Both quantize activations to 8 bits, so rounding differences upstream move logits by
+        // up to ~1; only near-ties may pick another token.
+        assert!(best == tokens[step] || margin < 0.3, "step {step}: margin {margin} differs");
+        let diff = w.iter().zip(g).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff < 2.5, "step {step}: logits differ by {diff}");
+    }
+    eprintln!("rbee kernels pick candle's greedy token at {same} of 64 steps");
+    assert!(same >= 62, "only {same} of 64 greedy tokens agree with candle's");
 }

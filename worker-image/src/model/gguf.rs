@@ -9,8 +9,10 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
+use super::llama_cpu::LlamaCpu;
 use super::{
-    LoadOptions, ModelInfo, ProgressReader, Weights, load_tokenizer_json, model_name, stop_ids,
+    CpuKernels, LoadOptions, ModelInfo, ProgressReader, Weights, kernels, load_tokenizer_json,
+    model_name, stop_ids,
 };
 use crate::WorkerError;
 
@@ -45,8 +47,16 @@ pub(super) fn load(
     };
     let file = reader.into_inner();
     let mut reader = ProgressReader::new(BufReader::with_capacity(1 << 20, file), len, progress);
-    let weights = ModelWeights::from_gguf(content, &mut reader, device)
-        .map_err(|e| err(format!("cannot read tensors: {e}")))?;
+    let weights = match use_cpu_kernels(opts, device, &content) {
+        true => Weights::GgufCpu(Box::new(
+            LlamaCpu::load(&content, &mut reader)
+                .map_err(|e| err(format!("cannot read tensors: {e}")))?,
+        )),
+        false => Weights::Gguf(Box::new(
+            ModelWeights::from_gguf(content, &mut reader, device)
+                .map_err(|e| err(format!("cannot read tensors: {e}")))?,
+        )),
+    };
 
     let token_text =
         |key: &str| md_u32(&md, key).and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
@@ -69,7 +79,24 @@ pub(super) fn load(
         context_length: opts.context_length.map_or(limit, |c| c.min(limit)),
         tokenizer,
     };
-    Ok((info, Weights::Gguf(Box::new(weights))))
+    Ok((info, weights))
+}
+
+/// Whether the worker's own kernels run the model (else candle's quantized_llama).
+fn use_cpu_kernels(opts: &LoadOptions, device: &Device, content: &gguf_file::Content) -> bool {
+    if !device.is_cpu() || opts.cpu_kernels != CpuKernels::Rbee {
+        return false;
+    }
+    match LlamaCpu::supports(content) {
+        Ok(()) => {
+            tracing::info!(simd = kernels::simd_name(), "running the model on rbee CPU kernels");
+            true
+        }
+        Err(reason) => {
+            tracing::info!(%reason, "no rbee CPU kernels for this model; using candle's");
+            false
+        }
+    }
 }
 
 fn md_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {

@@ -1,6 +1,8 @@
 //! Loading Llama-family models from local files: GGUF (quantized) or safetensors.
 
 mod gguf;
+mod kernels;
+mod llama_cpu;
 mod progress;
 mod safetensors;
 
@@ -68,11 +70,25 @@ pub struct LoadOptions {
     pub sha256: Option<String>,
     /// Context length override.
     pub context_length: Option<usize>,
+    /// Which kernels run GGUF models on the CPU.
+    pub cpu_kernels: CpuKernels,
+}
+
+/// Which code runs quantized (GGUF) models on the CPU backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuKernels {
+    /// The worker's own SIMD kernels, for the quant formats they cover (Q4_1, Q8_0); other
+    /// files fall back to candle.
+    #[default]
+    Rbee,
+    /// candle's quantized_llama for every file.
+    Candle,
 }
 
 /// Weights of one of the supported architectures.
 enum Weights {
     Gguf(Box<quantized_llama::ModelWeights>),
+    GgufCpu(Box<llama_cpu::LlamaCpu>),
     Llama { model: Box<llama::Llama>, config: Box<llama::Config> },
 }
 
@@ -90,6 +106,7 @@ enum CacheInner {
     // quantized_llama keeps its cache inside the weights; a clone shares the weight
     // tensors (Arc) and starts with an empty cache.
     Gguf(Box<quantized_llama::ModelWeights>),
+    GgufCpu(llama_cpu::KvCache),
     Llama(Box<llama::Cache>),
 }
 
@@ -107,6 +124,7 @@ impl LoadedModel {
                 w.clear_kv_cache();
                 CacheInner::Gguf(w)
             }
+            Weights::GgufCpu(m) => CacheInner::GgufCpu(m.new_cache()),
             Weights::Llama { config, .. } => CacheInner::Llama(Box::new(llama::Cache::new(
                 true,
                 DType::F32,
@@ -124,11 +142,15 @@ impl LoadedModel {
         tokens: &[u32],
         index_pos: usize,
     ) -> Result<Tensor, WorkerError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let input = || Tensor::new(tokens, &self.device)?.unsqueeze(0);
         let logits = match (&self.weights, &mut cache.0) {
-            (Weights::Gguf(_), CacheInner::Gguf(w)) => w.forward(&input, index_pos)?,
+            (Weights::GgufCpu(m), CacheInner::GgufCpu(c)) => {
+                let logits = m.forward(c, tokens, index_pos).map_err(WorkerError::Inference)?;
+                return Ok(Tensor::from_vec(logits, m.n_vocab(), &self.device)?);
+            }
+            (Weights::Gguf(_), CacheInner::Gguf(w)) => w.forward(&input()?, index_pos)?,
             (Weights::Llama { model, .. }, CacheInner::Llama(c)) => {
-                model.forward(&input, index_pos, c)?
+                model.forward(&input()?, index_pos, c)?
             }
             _ => return Err(WorkerError::Inference("KV cache of another model".into())),
         };

@@ -164,6 +164,7 @@ pub fn options(path: &Path) -> LoadOptions {
         model_name: None,
         sha256: None,
         context_length: None,
+        cpu_kernels: Default::default(),
     }
 }
 
