@@ -2,6 +2,7 @@
 //! (tests/testenv, started on demand), temporary namespaces, and waits with deadlines that
 //! print the object when they fail.
 
+pub mod bench;
 pub mod operator;
 pub mod runner;
 
