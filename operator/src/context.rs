@@ -2,8 +2,10 @@
 
 use std::sync::RwLock;
 
+use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,8 +35,30 @@ pub struct Term {
     pub workers: Store<RbeeWorker>,
     /// Cache of every worker pod in scope.
     pub pods: Store<Pod>,
+    /// Cache of every worker Service in scope.
+    pub services: Store<Service>,
+    /// Cache of the EndpointSlices of worker Services.
+    pub slices: Store<EndpointSlice>,
     /// Asks the controller to reconcile a worker now.
     pub trigger: mpsc::Sender<ObjectRef<RbeeWorker>>,
+}
+
+impl Term {
+    /// Whether every cache has its first full list (a new term's caches fill while its first
+    /// reconciles and heartbeats arrive).
+    pub fn caches_ready(&self) -> bool {
+        fn synced<K>(store: &Store<K>) -> bool
+        where
+            K: kube::runtime::reflector::Lookup + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+        }
+        synced(&self.workers)
+            && synced(&self.pods)
+            && synced(&self.services)
+            && synced(&self.slices)
+    }
 }
 
 /// Shared by controller and servers.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -13,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use rbee_api::RbeeWorker;
-use rbee_api::names::{FIELD_MANAGER, MANAGED_BY};
+use rbee_api::names::{FIELD_MANAGER, LABEL_WORKER, MANAGED_BY, READINESS_GATE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -21,8 +23,10 @@ use crate::context::{Context, Term};
 use crate::error::{Error, Result};
 use crate::heartbeat::record::worker_key;
 use crate::metrics::WorkerLabels;
-use crate::plan::{self, Inputs, Notice, PodAction};
+use crate::observe::gate as gate_of_pod;
+use crate::plan::{self, GateCondition, Inputs, Notice, PodAction};
 use crate::pod::{build_pod, pod_name};
+use crate::service::{build_service, routes_to, service_name, up_to_date as service_up_to_date};
 use crate::status_fields::needs_write;
 
 /// Scope of the controller.
@@ -56,25 +60,28 @@ pub async fn run_term(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let workers: Api<RbeeWorker> = api(&ctx, &scope);
-    let pods: Api<Pod> = api(&ctx, &scope);
-    let (pod_reader, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(
-            pods,
-            watcher::Config::default()
-                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pods, pod_stream) = cached(api(&ctx, &scope));
+    let (services, service_stream) = cached(api(&ctx, &scope));
+    let (slices, slice_stream) = cached::<EndpointSlice>(api(&ctx, &scope));
     let (trigger, triggered) = mpsc::channel(4096);
     let controller = Controller::new(workers, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(scope.concurrency))
         .owns_stream(pod_stream)
+        .owns_stream(service_stream)
+        .watches_stream(slice_stream, |slice| {
+            let worker = slice.labels().get(LABEL_WORKER)?;
+            Some(ObjectRef::new(worker).within(&slice.namespace()?))
+        })
         .reconcile_on(ReceiverStream::new(triggered))
         .graceful_shutdown_on(stop);
-    ctx.set_term(Some(Term { since, workers: controller.store(), pods: pod_reader, trigger }));
+    ctx.set_term(Some(Term {
+        since,
+        workers: controller.store(),
+        pods,
+        services,
+        slices,
+        trigger,
+    }));
     tracing::info!(
         namespace = scope.namespace.as_deref().unwrap_or("<all>"),
         "reconciling RbeeWorkers"
@@ -90,6 +97,27 @@ pub async fn run_term(
     ctx.set_term(None);
 }
 
+/// A cache of the operator's objects of one kind (managed fields dropped: never read, and
+/// the bulk of each object) and the stream of their changes.
+fn cached<K>(
+    api: Api<K>,
+) -> (reflector::Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let config =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config).modify(|o| o.meta_mut().managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
+    (reader, stream)
+}
+
 async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
     let Some(term) = ctx.term() else { return Ok(Action::await_change()) };
@@ -100,6 +128,11 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
     if worker.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // A new term's caches fill while the first reconciles run: deciding from an empty pod
+    // cache would see every pod as missing.
+    if !term.caches_ready() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
 
     // observe
     let pod = term.pods.get(&ObjectRef::new(&pod_name(&worker)).within(&namespace));
@@ -107,6 +140,18 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
     let heartbeat = ctx.heartbeats.get(&key);
     let desired = build_pod(&worker, &ctx.settings.pod)?;
     let desired_hash = crate::pod::pod_template_hash(&desired).unwrap_or_default().to_string();
+    // Only a pod about to be replaced needs its endpoints looked up.
+    let endpoints_serving = pod.as_ref().is_some_and(|p| {
+        crate::pod::pod_template_hash(p) != Some(desired_hash.as_str())
+            && p.metadata.uid.as_deref().is_some_and(|uid| {
+                let state = term.slices.state();
+                let slices = state.iter().filter(|s| {
+                    s.namespace().as_deref() == Some(namespace.as_str())
+                        && s.labels().get(LABEL_WORKER) == Some(&name)
+                });
+                routes_to(slices.map(|s| s.as_ref()), uid)
+            })
+    });
 
     // decide
     let decision = plan::plan(&Inputs {
@@ -117,10 +162,12 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
         leader_since: term.since,
         now: Timestamp::now(),
         jitter: rand::random::<f64>(),
+        endpoints_serving,
     });
 
     // apply: a restart is recorded before its pod is deleted, so a crash in between
     // finds the condemned pod's UID in status and finishes the job instead of counting twice.
+    ensure_service(&ctx, &term, &worker, &namespace).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     if decision.restarted.is_some() {
         write_status(&ctx, &worker, &decision.status, true).await?;
@@ -139,6 +186,9 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
             delete_pod(&pods, &pod_name(&worker), uid, *grace_seconds).await?
         }
     }
+    if let (Some(gate), Some(pod)) = (&decision.gate, &pod) {
+        set_gate(&pods, pod, gate).await?;
+    }
     if decision.restarted.is_none() {
         write_status(&ctx, &worker, &decision.status, false).await?;
     }
@@ -148,6 +198,54 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
     ctx.metrics.observe_worker(&labels, &decision.status);
     publish(&ctx, &worker, &decision.notices).await;
     Ok(Action::requeue(decision.requeue_after))
+}
+
+/// Creates or repairs the worker's Service; unchanged ones cost nothing.
+async fn ensure_service(
+    ctx: &Context,
+    term: &Term,
+    worker: &RbeeWorker,
+    namespace: &str,
+) -> Result<()> {
+    let desired = build_service(worker)?;
+    let name = service_name(worker);
+    let live = term.services.get(&ObjectRef::new(&name).within(namespace));
+    if live.is_some_and(|l| service_up_to_date(&l, &desired)) {
+        return Ok(());
+    }
+    Api::<Service>::namespaced(ctx.client.clone(), namespace)
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+        .await?;
+    Ok(())
+}
+
+/// Sets the pod's heartbeat readiness gate condition when its status or reason changes.
+async fn set_gate(pods: &Api<Pod>, pod: &Pod, gate: &GateCondition) -> Result<()> {
+    let current = gate_of_pod(pod);
+    if gate.matches(current.as_ref()) {
+        return Ok(());
+    }
+    let since = match &current {
+        Some(c) if c.open == gate.open => c.since,
+        _ => Timestamp::now(),
+    };
+    let patch = serde_json::json!({
+        // The UID makes the patch fail on a newer pod of the same name.
+        "metadata": {"uid": pod.metadata.uid},
+        "status": {"conditions": [{
+            "type": READINESS_GATE,
+            "status": if gate.open { "True" } else { "False" },
+            "reason": gate.reason,
+            "message": gate.message,
+            "lastTransitionTime": Time(since),
+        }]},
+    });
+    let name = pod.name_any();
+    match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn delete_pod(

@@ -15,4 +15,5 @@ pub mod plan;
 pub mod pod;
 pub mod restart;
 pub mod run;
+pub mod service;
 pub mod status_fields;

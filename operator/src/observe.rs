@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use rbee_api::FailureStatus;
 use rbee_api::conditions::reasons;
 use rbee_api::heartbeat::{Health, WorkerState};
-use rbee_api::names::WORKER_CONTAINER;
+use rbee_api::names::{READINESS_GATE, WORKER_CONTAINER};
 
 use crate::heartbeat::record::HeartbeatRecord;
 
@@ -42,14 +42,47 @@ pub struct PodView {
     pub running_since: Option<Timestamp>,
     /// Why the container is not running (`ContainerCreating`, `CrashLoopBackOff`, ...).
     pub waiting_reason: Option<String>,
-    /// The pod's Ready condition (readiness probe on /health).
+    /// The container's readiness probe (on /health) passes: `ContainersReady`.
     pub probe_ready: bool,
+    /// The pod's `Ready` condition: the probe and the heartbeat readiness gate.
+    pub ready: bool,
+    /// The heartbeat readiness gate condition, as last set.
+    pub gate: Option<Gate>,
     /// Pod IP.
     pub ip: Option<String>,
     /// How the container last ended, if it did.
     pub last_failure: Option<FailureStatus>,
     /// Being deleted.
     pub terminating: bool,
+}
+
+/// The pod's `rbee.dev/heartbeat` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// True: Services may route to the pod.
+    pub open: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Last change of `open`.
+    pub since: Timestamp,
+}
+
+impl Gate {
+    /// Whether the gate is closed for draining, and since when.
+    pub fn draining_since(&self) -> Option<Timestamp> {
+        (!self.open && self.reason == reasons::DRAINING).then_some(self.since)
+    }
+}
+
+/// Reads the heartbeat readiness gate condition of a pod.
+pub fn gate(pod: &Pod) -> Option<Gate> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions.iter().find(|c| c.type_ == READINESS_GATE)?;
+    Some(Gate {
+        open: c.status == "True",
+        reason: c.reason.clone().unwrap_or_default(),
+        since: c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_default(),
+    })
 }
 
 /// Reads a pod.
@@ -92,7 +125,9 @@ pub fn pod_view(pod: &Pod) -> PodView {
         phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
         running_since: running_since.filter(|_| status.phase.as_deref() == Some("Running")),
         waiting_reason,
-        probe_ready: conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        probe_ready: conditions.iter().any(|c| c.type_ == "ContainersReady" && c.status == "True"),
+        ready: conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        gate: gate(pod),
         ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
         last_failure: terminated.filter(|t| t.exit_code != 0).map(failure_of),
         terminating: pod.metadata.deletion_timestamp.is_some(),
@@ -120,8 +155,11 @@ pub enum Beat {
     Fresh,
     /// Nothing accepted for at least the stale threshold.
     Stale {
-        /// Since when the operator has heard nothing.
+        /// How long the operator has heard nothing.
         silent_for: Duration,
+        /// The last heartbeat (or container start, or leadership gain) it measures from;
+        /// stable, so status messages built on it do not change on every look.
+        since: Timestamp,
     },
 }
 
@@ -131,9 +169,10 @@ pub fn beat(
     record: Option<&HeartbeatRecord>,
     stale_after: SignedDuration,
     leader_since: Timestamp,
-    was_stale: bool,
+    was: Option<&Beat>,
     now: Timestamp,
 ) -> (Beat, Option<Timestamp>) {
+    let was_stale = matches!(was, Some(Beat::Stale { .. }));
     let Some(started) = running_since else {
         return (Beat::NotExpected, None);
     };
@@ -143,13 +182,16 @@ pub fn beat(
     let deadline = reference.checked_add(stale_after).ok();
     if silent >= stale_after {
         let silent_for = Duration::try_from(silent).unwrap_or_default();
-        return (Beat::Stale { silent_for }, None);
+        return (Beat::Stale { silent_for, since: reference }, None);
     }
     match record {
+        // A leader newer than the pod keeps the last leader's verdict until it has had a
+        // stale period to hear from the worker itself.
+        None if was == Some(&Beat::Fresh) && leader_since > started => (Beat::Fresh, deadline),
         None => (Beat::Awaiting, deadline),
         // Hysteresis: one beat after a stale spell is not yet recovery.
         Some(r) if was_stale && r.streak < 2 => {
-            (Beat::Stale { silent_for: Duration::ZERO }, deadline)
+            (Beat::Stale { silent_for: Duration::ZERO, since: reference }, deadline)
         }
         Some(_) => (Beat::Fresh, deadline),
     }

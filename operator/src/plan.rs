@@ -38,6 +38,8 @@ pub struct Inputs<'a> {
     pub now: Timestamp,
     /// Uniform random number in `[0, 1)` for backoff jitter.
     pub jitter: f64,
+    /// An EndpointSlice of the worker's Service still lists the pod as ready.
+    pub endpoints_serving: bool,
 }
 
 /// What to do with the pod.
@@ -90,6 +92,90 @@ pub struct Plan {
     pub restarted: Option<&'static str>,
     /// When to reconcile again at the latest.
     pub requeue_after: Duration,
+    /// The heartbeat readiness gate the pod should carry; `None` when there is no pod to set
+    /// it on.
+    pub gate: Option<GateCondition>,
+}
+
+/// The pod condition behind the `rbee.dev/heartbeat` readiness gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateCondition {
+    /// True: Services may route to the pod.
+    pub open: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Why, for `kubectl describe pod`.
+    pub message: String,
+}
+
+impl GateCondition {
+    /// Whether the pod's current condition already says this (messages aside, so a
+    /// changing detail never costs a write).
+    pub fn matches(&self, current: Option<&observe::Gate>) -> bool {
+        current.is_some_and(|g| g.open == self.open && g.reason == self.reason)
+    }
+}
+
+/// Where draining a serving pod before its replacement stands.
+#[derive(Clone, Debug, PartialEq)]
+enum Drain {
+    /// Nothing (more) to wait for: delete it.
+    Done,
+    /// Wait: why, and until when at the latest.
+    Waiting(String, Option<Timestamp>),
+}
+
+/// A serving pod first closes its readiness gate, then waits until no EndpointSlice lists it
+/// and a heartbeat sent after the gate closed reports no request in flight, or the timeout.
+fn drain(
+    v: &PodView,
+    beat: &Beat,
+    record: Option<&HeartbeatRecord>,
+    endpoints_serving: bool,
+    timeout_seconds: i32,
+    now: Timestamp,
+) -> Drain {
+    let serving = v.running_since.is_some() && !matches!(beat, Beat::Stale { .. });
+    if timeout_seconds <= 0 || !serving {
+        return Drain::Done;
+    }
+    let Some(since) = v.gate.as_ref().and_then(observe::Gate::draining_since) else {
+        return if v.gate.as_ref().is_some_and(|g| g.open) {
+            Drain::Waiting("closing its readiness gate".into(), None)
+        } else {
+            Drain::Done
+        };
+    };
+    let deadline = since.checked_add(secs(timeout_seconds)).ok();
+    if deadline.is_none_or(|d| d <= now) {
+        return Drain::Done;
+    }
+    if v.ready || endpoints_serving {
+        return Drain::Waiting("waiting until no endpoint routes to it".into(), deadline);
+    }
+    // Condition times have whole seconds: only a heartbeat a second later surely follows it.
+    let after_close = since.checked_add(SignedDuration::from_secs(1)).unwrap_or(since);
+    match record.filter(|r| r.received_at >= after_close).map(|r| r.beat.in_flight_requests) {
+        Some(0) => Drain::Done,
+        Some(n) => Drain::Waiting(format!("{n} requests in flight"), deadline),
+        None => Drain::Waiting("waiting for a heartbeat with its in-flight count".into(), deadline),
+    }
+}
+
+/// The readiness gate follows the phase: open while the worker serves (a worker that reports
+/// itself degraded still answers), closed with the phase's reason otherwise.
+fn gate_of(phase: WorkerPhase, reason: &'static str, message: &str) -> GateCondition {
+    let serving = phase == WorkerPhase::Ready
+        || (phase == WorkerPhase::Degraded && reason == reasons::WORKER_DEGRADED);
+    if serving {
+        GateCondition {
+            open: true,
+            reason: reasons::HEARTBEAT_RECEIVED,
+            message: "heartbeats arrive on time and the model is loaded".into(),
+        }
+    } else {
+        GateCondition { open: false, reason, message: message.into() }
+    }
 }
 
 struct Deadlines {
@@ -142,12 +228,19 @@ pub fn plan(i: &Inputs) -> Plan {
     });
     let outdated = i.pod.is_some_and(|p| pod_template_hash(p) != Some(i.desired_hash));
 
-    let was_stale = conditions::find(&old.conditions, types::HEARTBEATING)
-        .is_some_and(|c| c.reason == reasons::HEARTBEAT_STALE);
+    let was = conditions::find(&old.conditions, types::HEARTBEATING).and_then(|c| {
+        match (c.status.as_str(), c.reason.as_str()) {
+            (_, reasons::HEARTBEAT_STALE) => {
+                Some(Beat::Stale { silent_for: Duration::ZERO, since: Timestamp::default() })
+            }
+            ("True", _) => Some(Beat::Fresh),
+            _ => None,
+        }
+    });
     let stale_after = secs(spec.heartbeat.effective_stale_after_seconds());
     let (beat, beat_deadline) = match &view {
         Some(v) => {
-            observe::beat(v.running_since, record, stale_after, i.leader_since, was_stale, i.now)
+            observe::beat(v.running_since, record, stale_after, i.leader_since, was.as_ref(), i.now)
         }
         None => (Beat::NotExpected, None),
     };
@@ -162,6 +255,7 @@ pub fn plan(i: &Inputs) -> Plan {
         "the pod runs the current spec",
     );
     let mut failure: Option<Failure> = None;
+    let mut draining = None;
     match &view {
         Some(v) if v.terminating => {
             progressing = Cond::new(
@@ -183,23 +277,46 @@ pub fn plan(i: &Inputs) -> Plan {
                 format!("deleting pod {} to restart it", v.name),
             );
         }
-        Some(v) if outdated => {
-            action = PodAction::Delete { uid: v.uid.clone(), grace_seconds: None };
-            progressing = Cond::new(
-                types::PROGRESSING,
-                Status::True,
-                reasons::POD_REPLACED,
-                format!(
-                    "replacing pod {} to apply generation {}",
-                    v.name,
-                    generation.unwrap_or_default()
-                ),
-            );
-            notices.push(Notice::normal(
-                reasons::POD_REPLACED,
-                format!("Deleting pod {} to apply the changed spec", v.name),
-            ));
-        }
+        Some(v) if outdated => match drain(
+            v,
+            &beat,
+            record,
+            i.endpoints_serving,
+            spec.restart_policy.drain_timeout_seconds,
+            i.now,
+        ) {
+            Drain::Waiting(why, until) => {
+                deadlines.at(until);
+                progressing = Cond::new(
+                    types::PROGRESSING,
+                    Status::True,
+                    reasons::DRAINING,
+                    format!(
+                        "draining pod {} before applying generation {}: {why}",
+                        v.name,
+                        generation.unwrap_or_default()
+                    ),
+                );
+                draining = Some(why);
+            }
+            Drain::Done => {
+                action = PodAction::Delete { uid: v.uid.clone(), grace_seconds: None };
+                progressing = Cond::new(
+                    types::PROGRESSING,
+                    Status::True,
+                    reasons::POD_REPLACED,
+                    format!(
+                        "replacing pod {} to apply generation {}",
+                        v.name,
+                        generation.unwrap_or_default()
+                    ),
+                );
+                notices.push(Notice::normal(
+                    reasons::POD_REPLACED,
+                    format!("Deleting pod {} to apply the changed spec", v.name),
+                ));
+            }
+        },
         None => {
             if limit_exceeded {
                 progressing = Cond::new(
@@ -305,8 +422,13 @@ pub fn plan(i: &Inputs) -> Plan {
         restarting,
         pending_restart,
         restarts: &restarts,
+        draining: draining.as_deref(),
     };
     let (phase, reason, message) = phase_of(i.worker, &facts);
+    let gate = view
+        .as_ref()
+        .filter(|v| !v.terminating && matches!(action, PodAction::Keep))
+        .map(|_| gate_of(phase, reason, &message));
     let desired_conditions = condition_set(i.worker, &facts, phase, reason, &message, progressing);
     let conditions = conditions::merge(&old.conditions, desired_conditions, generation, &now_time);
     transition_notices(&old.conditions, &conditions, &mut notices);
@@ -327,10 +449,7 @@ pub fn plan(i: &Inputs) -> Plan {
             Scheduling::Bound(n) => Some(n.clone()),
             _ => None,
         }),
-        endpoint: view
-            .as_ref()
-            .and_then(|v| v.ip.as_ref())
-            .map(|ip| format!("http://{ip}:{}", rbee_api::names::WORKER_HTTP_PORT)),
+        endpoint: crate::service::endpoint(i.worker),
         restarts: (restarts != RestartStatus::default()).then_some(restarts),
         last_failure: view
             .as_ref()
@@ -339,7 +458,7 @@ pub fn plan(i: &Inputs) -> Plan {
         conditions,
         ..status_fields::from_heartbeat(i.worker, record, &old, &beat, i.now)
     };
-    Plan { action, status, notices, restarted, requeue_after: deadlines.after() }
+    Plan { action, status, notices, restarted, requeue_after: deadlines.after(), gate }
 }
 
 fn record_restart(restarts: &mut RestartStatus, f: &Failure, beat: &Beat, v: &PodView, now: &Time) {
@@ -362,7 +481,7 @@ fn record_restart(restarts: &mut RestartStatus, f: &Failure, beat: &Beat, v: &Po
 
 fn failure_note(f: &Failure, beat: &Beat) -> String {
     match (f, beat) {
-        (Failure::HeartbeatStale, Beat::Stale { silent_for }) => {
+        (Failure::HeartbeatStale, Beat::Stale { silent_for, .. }) => {
             format!("no heartbeat for {:.1}s", silent_for.as_secs_f64())
         }
         (Failure::HeartbeatStale, _) => "heartbeat stale".into(),
@@ -389,7 +508,7 @@ fn detect_failure(
     if let Some(ModelState::Failed(_)) = model {
         return Some(Failure::ModelLoadFailed);
     }
-    if matches!(beat, Beat::Stale { silent_for } if !silent_for.is_zero()) {
+    if matches!(beat, Beat::Stale { silent_for, .. } if !silent_for.is_zero()) {
         return Some(Failure::HeartbeatStale);
     }
     if let (Some(started), Some(ModelState::Loading(_))) = (v.running_since, model) {
@@ -412,6 +531,7 @@ struct Facts<'a> {
     restarting: bool,
     pending_restart: Option<Timestamp>,
     restarts: &'a RestartStatus,
+    draining: Option<&'a str>,
 }
 
 fn backend_mismatch(worker: &RbeeWorker, record: Option<&HeartbeatRecord>) -> Option<String> {
@@ -440,6 +560,9 @@ fn phase_of(worker: &RbeeWorker, f: &Facts) -> (WorkerPhase, &'static str, Strin
             format!("restart {} after {last_reason}: replacing the pod", f.restarts.count),
         );
     }
+    if let (Some(why), Some(v)) = (f.draining, f.view) {
+        return (P::Draining, reasons::DRAINING, format!("draining pod {}: {why}", v.name));
+    }
     let pending = f
         .pending_restart
         .map(|t| {
@@ -450,13 +573,12 @@ fn phase_of(worker: &RbeeWorker, f: &Facts) -> (WorkerPhase, &'static str, Strin
             )
         })
         .unwrap_or_default();
-    if let (Some(_), Beat::Stale { silent_for }) = (f.pending_restart, f.beat) {
+    if let (Some(_), Beat::Stale { since, .. }) = (f.pending_restart, f.beat) {
         return (
             P::Stale,
             reasons::HEARTBEAT_STALE,
             format!(
-                "no heartbeat for {:.1}s (staleAfterSeconds {}){pending}",
-                silent_for.as_secs_f64(),
+                "no heartbeat since {since} (staleAfterSeconds {}){pending}",
                 worker.spec.heartbeat.effective_stale_after_seconds()
             ),
         );
@@ -499,13 +621,12 @@ fn phase_of(worker: &RbeeWorker, f: &Facts) -> (WorkerPhase, &'static str, Strin
         let why = v.waiting_reason.clone().unwrap_or_else(|| "starting".into());
         return (P::Pending, reasons::CONTAINER_NOT_RUNNING, format!("container {why}"));
     }
-    if let Beat::Stale { silent_for } = f.beat {
+    if let Beat::Stale { since, .. } = f.beat {
         return (
             P::Stale,
             reasons::HEARTBEAT_STALE,
             format!(
-                "no heartbeat for {:.1}s (staleAfterSeconds {})",
-                silent_for.as_secs_f64(),
+                "no heartbeat since {since} (staleAfterSeconds {})",
                 worker.spec.heartbeat.effective_stale_after_seconds()
             ),
         );
@@ -588,11 +709,11 @@ fn condition_set(
             reasons::HEARTBEAT_RECEIVED,
             "heartbeats arrive on time",
         ),
-        Beat::Stale { silent_for } => Cond::new(
+        Beat::Stale { since, .. } => Cond::new(
             types::HEARTBEATING,
             Status::False,
             reasons::HEARTBEAT_STALE,
-            format!("no heartbeat for {:.1}s", silent_for.as_secs_f64()),
+            format!("no heartbeat since {since}"),
         ),
         Beat::Awaiting | Beat::NotExpected => Cond::new(
             types::HEARTBEATING,
@@ -648,6 +769,9 @@ fn transition_notices(
                 Notice::warning(reasons::MODEL_LOAD_FAILED, note)
             }
             (types::HEARTBEATING, "False") => Notice::warning(reasons::HEARTBEAT_STALE, note),
+            (types::PROGRESSING, "True") if c.reason == reasons::DRAINING => {
+                Notice::normal(reasons::DRAINING, note)
+            }
             (types::DEGRADED, "True") if c.reason != reasons::RESTART_LIMIT_EXCEEDED => {
                 Notice::warning(static_reason(&c.reason), note)
             }

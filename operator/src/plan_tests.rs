@@ -3,6 +3,8 @@ use k8s_openapi::api::core::v1::Pod;
 use rbee_api::heartbeat::{Health, Heartbeat, WorkerIdentity, WorkerState};
 use rbee_api::{Backend, RbeeWorker, WorkerPhase};
 
+use rbee_api::names::READINESS_GATE;
+
 use super::*;
 use crate::pod::{PodSettings, build_pod};
 
@@ -41,7 +43,7 @@ fn running_pod(w: &RbeeWorker, uid: &str, started: i64) -> Pod {
     pod.status = Some(serde_json::from_value(serde_json::json!({
         "phase": "Running",
         "podIP": "10.0.0.7",
-        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "ContainersReady", "status": "True"}, {"type": "Ready", "status": "True"}],
         "containerStatuses": [{"name": "worker", "image": "img", "imageID": "", "ready": true, "restartCount": 0,
             "state": {"running": {"startedAt": t(started).to_string()}}}]
     })).expect("status"));
@@ -87,7 +89,37 @@ fn decide(w: &RbeeWorker, pod: Option<&Pod>, hb: Option<&HeartbeatRecord>, now: 
         leader_since: t(-1000),
         now: t(now),
         jitter: 0.0,
+        endpoints_serving: false,
     })
+}
+
+/// The pod with its heartbeat gate condition set, and Ready following it.
+fn gated(mut pod: Pod, open: bool, reason: &str, since: i64) -> Pod {
+    let status = pod.status.get_or_insert_default();
+    let conditions = status.conditions.get_or_insert_default();
+    conditions.retain(|c| c.type_ != "Ready" && c.type_ != "ContainersReady");
+    for (type_, ok) in [("Ready", open), ("ContainersReady", true), (READINESS_GATE, open)] {
+        conditions.push(
+            serde_json::from_value(serde_json::json!({
+                "type": type_, "status": if ok { "True" } else { "False" }, "reason": reason,
+                "lastTransitionTime": t(since).to_string()
+            }))
+            .expect("condition"),
+        );
+    }
+    pod
+}
+
+fn changed(w: &RbeeWorker) -> RbeeWorker {
+    let mut c = w.clone();
+    c.spec.heartbeat.interval_seconds = 2;
+    c.metadata.generation = Some(2);
+    c
+}
+
+fn in_flight(mut r: HeartbeatRecord, n: u32) -> HeartbeatRecord {
+    r.beat.in_flight_requests = n;
+    r
 }
 
 /// Carries a plan's status into the worker, as the API server would after the write.
@@ -113,7 +145,9 @@ fn fresh_heartbeat_with_loaded_model_is_ready() {
     assert_eq!(p.action, PodAction::Keep);
     assert_eq!(p.status.phase, Some(WorkerPhase::Ready));
     assert!(conditions::is_true(&p.status.conditions, "Ready"));
-    assert_eq!(p.status.endpoint.as_deref(), Some("http://10.0.0.7:8080"));
+    assert_eq!(p.status.endpoint.as_deref(), Some("http://w.ns.svc:8080"));
+    let gate = p.gate.expect("gate");
+    assert!(gate.open, "{gate:?}");
     assert_eq!(p.status.node_name.as_deref(), Some("node-a"));
     // Looked at again when the heartbeat would go stale: last beat + 3 s.
     assert!(p.requeue_after <= std::time::Duration::from_millis(2100), "{:?}", p.requeue_after);
@@ -229,6 +263,7 @@ fn a_new_leader_waits_one_stale_period() {
         leader_since: t(100),
         now: t(102),
         jitter: 0.0,
+        endpoints_serving: false,
     });
     assert_ne!(p.status.phase, Some(WorkerPhase::Stale));
     assert_eq!(p.action, PodAction::Keep);
@@ -323,4 +358,113 @@ fn status_writes_are_coalesced() {
         ),
         "visible change"
     );
+}
+
+#[test]
+fn the_gate_closes_when_the_worker_goes_stale_or_loads() {
+    let w = worker();
+    let pod = gated(running_pod(&w, "p1", 0), true, "HeartbeatReceived", 1);
+    let stale = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 5, 3)), 9);
+    let gate = stale.gate.expect("gate");
+    assert!(!gate.open && gate.reason == "HeartbeatStale", "{gate:?}");
+    let loading = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Loading, 5, 3)), 6);
+    let gate = loading.gate.expect("gate");
+    assert!(!gate.open && gate.reason == "Loading", "{gate:?}");
+    assert!(!GateCondition { open: true, ..gate.clone() }.matches(observe::gate(&pod).as_ref()));
+    assert!(!gate.matches(observe::gate(&pod).as_ref()));
+}
+
+#[test]
+fn a_serving_pod_is_drained_before_a_spec_change_replaces_it() {
+    let w = worker();
+    let c = changed(&w);
+    let hash = desired_hash(&c);
+    let decide_with = |pod: &Pod, hb: Option<&HeartbeatRecord>, serving: bool, now: i64| {
+        plan(&Inputs {
+            worker: &c,
+            pod: Some(pod),
+            desired_hash: &hash,
+            heartbeat: hb,
+            leader_since: t(-1000),
+            now: t(now),
+            jitter: 0.0,
+            endpoints_serving: serving,
+        })
+    };
+    let hb = |at: i64, n: u32| in_flight(beat("p1", WorkerState::Ready, at, 9), n);
+
+    // Serving: close the gate first.
+    let open = gated(running_pod(&w, "p1", 0), true, "HeartbeatReceived", 1);
+    let p = decide_with(&open, Some(&hb(9, 3)), true, 10);
+    assert_eq!(p.action, PodAction::Keep);
+    assert_eq!(p.status.phase, Some(WorkerPhase::Draining));
+    let gate = p.gate.expect("gate");
+    assert!(!gate.open && gate.reason == "Draining", "{gate:?}");
+    assert!(p.notices.iter().any(|n| n.reason == "Draining"), "{:?}", p.notices);
+
+    // Closed at 10, but an EndpointSlice still routes to it.
+    let closed = gated(running_pod(&w, "p1", 0), false, "Draining", 10);
+    let p = decide_with(&closed, Some(&hb(10, 3)), true, 10);
+    assert_eq!(p.action, PodAction::Keep);
+    assert!(
+        p.status.message.as_deref().is_some_and(|m| m.contains("endpoint")),
+        "{:?}",
+        p.status.message
+    );
+
+    // Out of the endpoints; a heartbeat from before the gate closed says nothing.
+    let p = decide_with(&closed, Some(&hb(10, 0)), false, 11);
+    assert_eq!(p.action, PodAction::Keep);
+    let p = decide_with(&closed, Some(&hb(11, 2)), false, 11);
+    assert!(p.status.message.as_deref().is_some_and(|m| m.contains("2 requests in flight")));
+    let p = decide_with(&closed, Some(&hb(12, 0)), false, 12);
+    assert_eq!(p.action, PodAction::Delete { uid: "p1".into(), grace_seconds: None });
+
+    // The drain timeout (60 s by default) ends the wait.
+    let p = decide_with(&closed, Some(&hb(69, 2)), false, 69);
+    assert_eq!(p.action, PodAction::Keep);
+    assert!(p.requeue_after <= std::time::Duration::from_millis(1100), "{:?}", p.requeue_after);
+    let p = decide_with(&closed, Some(&hb(70, 2)), false, 70);
+    assert_eq!(p.action, PodAction::Delete { uid: "p1".into(), grace_seconds: None });
+}
+
+#[test]
+fn a_pod_that_does_not_serve_is_replaced_at_once() {
+    let w = worker();
+    let c = changed(&w);
+    let loading = gated(running_pod(&w, "p1", 0), false, "Loading", 1);
+    let p = decide(&c, Some(&loading), Some(&beat("p1", WorkerState::Loading, 1, 1)), 2);
+    assert_eq!(p.action, PodAction::Delete { uid: "p1".into(), grace_seconds: None });
+    assert!(p.gate.is_none());
+}
+
+#[test]
+fn a_new_leader_keeps_a_ready_worker_ready_until_it_hears_from_it() {
+    let mut w = worker();
+    let pod = gated(running_pod(&w, "p1", 0), true, "HeartbeatReceived", 1);
+    let ready = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 5, 3)), 6);
+    apply(&mut w, &ready);
+    let hash = desired_hash(&w);
+    let new_leader = |now: i64| {
+        plan(&Inputs {
+            worker: &w,
+            pod: Some(&pod),
+            desired_hash: &hash,
+            heartbeat: None,
+            leader_since: t(100),
+            now: t(now),
+            jitter: 0.0,
+            endpoints_serving: false,
+        })
+    };
+    let p = new_leader(101);
+    assert_eq!(p.status.phase, Some(WorkerPhase::Ready));
+    assert!(p.gate.is_some_and(|g| g.open));
+    let heartbeating = conditions::find(&p.status.conditions, "Heartbeating").expect("condition");
+    assert_eq!(
+        heartbeating.last_transition_time,
+        conditions::find(&ready.status.conditions, "Heartbeating").expect("c").last_transition_time
+    );
+    // Still nothing after a full stale period of its own: stale.
+    assert_eq!(new_leader(103).status.phase, Some(WorkerPhase::Stale));
 }

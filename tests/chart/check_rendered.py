@@ -23,6 +23,9 @@ WORKER_RULES = {
     ("rbee.dev", "rbeeworkers", ("list", "watch"), ()),
     ("rbee.dev", "rbeeworkers/status", ("patch",), ()),
     ("", "pods", ("create", "delete", "list", "patch", "watch"), ()),
+    ("", "pods/status", ("patch",), ()),
+    ("", "services", ("create", "list", "patch", "watch"), ()),
+    ("discovery.k8s.io", "endpointslices", ("list", "watch"), ()),
     ("events.k8s.io", "events", ("create", "patch"), ()),
 }
 LEADER_RULES = {

@@ -1,5 +1,5 @@
 //! A local pod runner for end-to-end tests: plays the kubelet of one node (`rbee-local-0`),
-//! running each pod bound to it as a local `llm-worker-rbee` process on its own loopback IP,
+//! running each pod bound to it as a local `llm-worker-rbee` process on its own IP (on `lo`),
 //! with the projected token minted through the TokenRequest API and the pod status reported
 //! as the node identity. Not product code.
 
@@ -52,24 +52,52 @@ pub fn node_kubeconfig(node: &str) -> PathBuf {
     state.join(format!("node-{node}.kubeconfig"))
 }
 
-/// Loopback IPs in use by pods of any runner in this process.
+/// Pod IPs in use by pods of any runner in this process (last octet).
 fn taken_ips() -> &'static Mutex<BTreeSet<u8>> {
     static TAKEN: OnceLock<Mutex<BTreeSet<u8>>> = OnceLock::new();
     TAKEN.get_or_init(Mutex::default)
 }
 
-/// 127.0.0.N, N from 2 up: the lowest one free in this process whose port 8080 is also free
+/// The first three octets of pod IPs. Not loopback: the API server refuses loopback
+/// addresses in EndpointSlices, and Services must see these pods.
+pub const POD_NETWORK: [u8; 3] = [10, 254, 0];
+
+/// Puts `ip/32` on `lo` (as a CNI plugin would give the pod an address); already there is fine.
+fn ensure_local_address(ip: Ipv4Addr) -> Result<(), String> {
+    if TcpListener::bind((ip, 0)).is_ok() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+        .output()
+        .map_err(|e| format!("running `ip addr add {ip}/32 dev lo`: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("File exists") {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip addr add {ip}/32 dev lo` failed (the runner needs CAP_NET_ADMIN): {stderr}"
+        ))
+    }
+}
+
+/// 10.254.0.N, N from 2 up: the lowest one free in this process whose port 8080 is also free
 /// (another runner process may hold it).
-fn allocate_ip() -> Option<Ipv4Addr> {
-    let mut taken = taken_ips().lock().ok()?;
-    (2..=254u8).find_map(|n| {
-        let ip = Ipv4Addr::new(127, 0, 0, n);
-        if taken.contains(&n) || TcpListener::bind((ip, 8080)).is_err() {
-            return None;
+fn allocate_ip() -> Result<Ipv4Addr, String> {
+    let mut taken = taken_ips().lock().map_err(|_| "IP table poisoned".to_string())?;
+    for n in 2..=254u8 {
+        let [a, b, c] = POD_NETWORK;
+        let ip = Ipv4Addr::new(a, b, c, n);
+        if taken.contains(&n) {
+            continue;
         }
-        taken.insert(n);
-        Some(ip)
-    })
+        ensure_local_address(ip)?;
+        if TcpListener::bind((ip, 8080)).is_ok() {
+            taken.insert(n);
+            return Ok(ip);
+        }
+    }
+    Err("all 253 pod IPs are taken".into())
 }
 
 fn release_ip(ip: Ipv4Addr) {
@@ -196,9 +224,12 @@ fn on_pod(
     }
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let Some(ip) = allocate_ip() else {
-        tracing::warn!(pod = %name, "no free loopback IP; pod not started");
-        return;
+    let ip = match allocate_ip() {
+        Ok(ip) => ip,
+        Err(why) => {
+            tracing::warn!(pod = %name, "no pod IP ({why}); pod not started");
+            return;
+        }
     };
     let (pod_tx, pod_rx) = watch::channel(pod);
     let initial = if deleting { Stop::Deleted { grace_seconds } } else { Stop::No };

@@ -64,7 +64,32 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("bad sha256", "model: {path: /m.gguf, sha256: xyz}", "spec.model.sha256"),
     ("unknown model format", "model: {path: /m.gguf, format: onnx}", "spec.model.format"),
     ("unknown field", "model: {path: /m.gguf}\n  modle: {path: /x}", "spec.modle"),
+    (
+        "negative drain timeout",
+        "model: {path: /m.gguf}\n  restartPolicy: {drainTimeoutSeconds: -1}",
+        "spec.restartPolicy.drainTimeoutSeconds",
+    ),
 ];
+
+#[tokio::test]
+async fn api_server_rejects_names_a_service_cannot_carry() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TempNamespace::create(&client, "names", &[]).await?;
+    let mut failures = Vec::new();
+    for name in ["7b-worker".to_string(), format!("w{}", "x".repeat(63))] {
+        let manifest = format!(
+            "apiVersion: rbee.dev/v1alpha1\nkind: RbeeWorker\nmetadata: {{name: {name}}}\nspec: {{backend: cpu, model: {{path: /m.gguf}}}}\n"
+        );
+        let out = kubectl_with_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("metadata.name must be") {
+            failures.push(format!("{name}: {stderr}"));
+        }
+    }
+    ns.delete().await?;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
 
 #[tokio::test]
 async fn api_server_rejects_invalid_manifests_naming_the_field() -> anyhow::Result<()> {

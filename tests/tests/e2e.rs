@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use rbee_api::RbeeWorker;
@@ -23,6 +24,8 @@ use rbee_testkit::{
 
 const CLAIM: &str = "model";
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The served name, which examples/pool-service.yaml selects.
+const MODEL_NAME: &str = "smollm2-135m-instruct";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -75,6 +78,10 @@ struct E2e {
     pv: String,
     state_dir: PathBuf,
     forward: tokio::task::JoinHandle<()>,
+    /// Where the heartbeat port forwards to: the leader, as the chart's heartbeat Service.
+    forward_to: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    /// The `--heartbeat-url` flag every operator of this scenario gets: the forwarding port.
+    heartbeat_url_flag: String,
     workers: Api<RbeeWorker>,
     pods: Api<Pod>,
 }
@@ -102,7 +109,8 @@ impl E2e {
         } else {
             OperatorProcess::start(&ns, &[&url])?
         };
-        let forward = tokio::spawn(forward(listener, operator.heartbeat_addr));
+        let forward_to = std::sync::Arc::new(std::sync::Mutex::new(operator.heartbeat_addr));
+        let forward = tokio::spawn(forward(listener, forward_to.clone()));
         let pv = format!("{ns}-model");
         let manifest = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
@@ -141,6 +149,8 @@ impl E2e {
             pv,
             state_dir,
             forward,
+            forward_to,
+            heartbeat_url_flag: url,
         })
     }
 
@@ -155,7 +165,7 @@ impl E2e {
             "metadata": {"name": name},
             "spec": {
                 "backend": "cpu", "threads": 1,
-                "model": {"pvc": CLAIM, "path": model_file},
+                "model": {"pvc": CLAIM, "path": model_file, "name": MODEL_NAME},
                 "nodeSelector": {"rbee.dev/local-node": "true"},
                 "heartbeat": {"intervalSeconds": 1, "staleAfterSeconds": 3},
                 "restartPolicy": restart,
@@ -163,6 +173,13 @@ impl E2e {
         }))?;
         self.workers.create(&PostParams::default(), &worker).await?;
         Ok(())
+    }
+
+    /// Sends heartbeats to another operator from now on.
+    fn route_heartbeats_to(&self, addr: std::net::SocketAddr) {
+        if let Ok(mut to) = self.forward_to.lock() {
+            *to = addr;
+        }
     }
 
     fn kubelet(&self) -> anyhow::Result<&LocalKubelet> {
@@ -226,8 +243,12 @@ impl E2e {
     }
 }
 
-async fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
+async fn forward(
+    listener: tokio::net::TcpListener,
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+) {
     while let Ok((mut inbound, _)) = listener.accept().await {
+        let Ok(to) = target.lock().map(|t| *t) else { return };
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -277,6 +298,36 @@ async fn wait_ready(env: &E2e, name: &str, timeout: Duration) -> anyhow::Result<
     .await
 }
 
+/// Ready addresses in the EndpointSlices of `service`: where kube-proxy and cluster DNS send
+/// its traffic.
+async fn ready_addresses(env: &E2e, service: &str) -> anyhow::Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), &env.ns);
+    let selector = format!("kubernetes.io/service-name={service}");
+    let list = slices.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.clone())
+        .collect())
+}
+
+/// A URL of one ready endpoint of `service`, once there is one.
+async fn service_url(env: &E2e, service: &str, port: u16) -> anyhow::Result<String> {
+    eventually(
+        Duration::from_secs(60),
+        &format!("a ready endpoint of Service {service}"),
+        || async {
+            match ready_addresses(env, service).await.map_err(|e| e.to_string())?.first() {
+                Some(ip) => Ok(format!("http://{ip}:{port}")),
+                None => Err("none".into()),
+            }
+        },
+    )
+    .await
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let status =
         std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
@@ -294,7 +345,11 @@ fn alive(pid: u32) -> bool {
 
 /// Unix seconds of the last heartbeat the operator accepted from `worker` (its metric).
 async fn last_accepted_heartbeat(env: &E2e, worker: &str) -> Option<f64> {
-    let text = env.operator.metrics().await.ok()?;
+    last_accepted_by(&env.operator, worker).await
+}
+
+async fn last_accepted_by(operator: &OperatorProcess, worker: &str) -> Option<f64> {
+    let text = operator.metrics().await.ok()?;
     text.lines()
         .filter(|l| l.starts_with("rbee_worker_last_heartbeat_timestamp_seconds{"))
         .find(|l| l.contains(&format!("worker=\"{worker}\"")))
@@ -375,7 +430,10 @@ async fn cpu_worker_gets_ready_serves_a_completion_and_stops_on_delete_body(
         anyhow::ensure!(row.contains(want), "row lacks {want}: {row}");
     }
     anyhow::ensure!(!row.contains("<none>"), "empty column in: {row}");
-    let endpoint = status.endpoint.clone().context("no status.endpoint")?;
+    let stable = format!("http://smol.{}.svc:8080", env.ns);
+    anyhow::ensure!(status.endpoint.as_deref() == Some(stable.as_str()), "{:?}", status.endpoint);
+    // What the worker's Service resolves to, as cluster DNS would.
+    let endpoint = service_url(env, "smol", 8080).await?;
     let answer = completion(&endpoint).await?;
     let text = answer["choices"][0]["text"].as_str().unwrap_or_default();
     eprintln!("completion via {endpoint}: {text:?}");
@@ -556,4 +614,373 @@ async fn missing_model_ends_degraded_after_max_restarts_body(env: &E2e) -> anyho
     eprintln!("Degraded after {count} operator restart(s), last {last:?}, phase {}", phase(&w));
     anyhow::ensure!(count <= 1, "restarts.count {count} > maxRestarts 1");
     Ok(())
+}
+
+/// Two workers behind examples/pool-service.yaml, both Ready and in its endpoints.
+async fn pool_of_two(env: &E2e) -> anyhow::Result<()> {
+    let example = repo_root().join("examples/pool-service.yaml");
+    let out = kubectl(&["apply", "-n", &env.ns, "-f", &example.to_string_lossy()])?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["pool-a", "pool-b"] {
+        env.apply_worker(name, MODEL_FILE, default_restart()).await?;
+    }
+    for name in ["pool-a", "pool-b"] {
+        wait_ready(env, name, Duration::from_secs(180)).await?;
+    }
+    eventually(Duration::from_secs(30), "both workers in the pool's endpoints", || async {
+        let ready = ready_addresses(env, MODEL_NAME).await.map_err(|e| e.to_string())?;
+        if ready.len() == 2 { Ok(()) } else { Err(format!("ready {ready:?}")) }
+    })
+    .await
+}
+
+async fn pod_ip(env: &E2e, pod: &str) -> anyhow::Result<String> {
+    env.pods
+        .get(pod)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .with_context(|| format!("pod {pod} has no IP"))
+}
+
+/// Requests through the pool's endpoints, as kube-proxy would spread them: each one goes to
+/// the next ready address of the moment.
+struct Router {
+    sent: std::sync::atomic::AtomicU32,
+    answered: std::sync::atomic::AtomicU32,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Router {
+    fn new() -> Self {
+        Self { sent: 0.into(), answered: 0.into(), failures: std::sync::Mutex::default() }
+    }
+
+    async fn send(&self, env: &E2e, turn: usize) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ready = ready_addresses(env, MODEL_NAME).await?;
+        let Some(ip) = ready.get(turn % ready.len().max(1)) else {
+            bail!("the pool has no ready endpoint");
+        };
+        self.sent.fetch_add(1, SeqCst);
+        match completion(&format!("http://{ip}:8080")).await {
+            Ok(_) => {
+                self.answered.fetch_add(1, SeqCst);
+            }
+            Err(e) => {
+                if let Ok(mut f) = self.failures.lock() {
+                    f.push(format!("{ip}: {e:#}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> (u32, u32, Vec<String>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        (self.sent.load(SeqCst), self.answered.load(SeqCst), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_leaves_the_pool_endpoints_and_the_other_serves() -> anyhow::Result<()> {
+    scenario("e2e-pool", |env| {
+        Box::pin(a_hung_worker_leaves_the_pool_endpoints_and_the_other_serves_body(env))
+    })
+    .await
+}
+
+async fn a_hung_worker_leaves_the_pool_endpoints_and_the_other_serves_body(
+    env: &E2e,
+) -> anyhow::Result<()> {
+    pool_of_two(env).await?;
+    let hung_ip = pod_ip(env, "pool-a-worker").await?;
+    let pid = env.kubelet()?.pid(&env.ns, "pool-a-worker").context("no worker pid")?;
+    signal(pid, "STOP")?;
+    let left =
+        eventually(Duration::from_secs(30), "pool-a out of the pool's endpoints", || async {
+            let ready = ready_addresses(env, MODEL_NAME).await.map_err(|e| e.to_string())?;
+            if ready.contains(&hung_ip) { Err(format!("ready {ready:?}")) } else { Ok(unix_now()) }
+        })
+        .await;
+    let last = last_accepted_heartbeat(env, "pool-a").await;
+    let result = async {
+        let left = left?;
+        let last = last.context("no last heartbeat metric for pool-a")?;
+        let latency = left - last;
+        eprintln!(
+            "pool-a left the EndpointSlice {latency:.2}s after its last heartbeat (staleAfter 3 s)"
+        );
+        anyhow::ensure!(latency <= 4.0 + 0.3, "{latency:.2}s > staleAfter + 1 s (+0.3 s polling)");
+        let router = Router::new();
+        for turn in 0..6 {
+            router.send(env, turn).await?;
+        }
+        let (sent, answered, failures) = router.report();
+        eprintln!("through the pool after pool-a left: {answered} of {sent} answered");
+        anyhow::ensure!(failures.is_empty() && sent == 6, "{failures:?}");
+        Ok(())
+    }
+    .await;
+    if alive(pid) {
+        let _ = signal(pid, "CONT");
+        let _ = signal(pid, "KILL");
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_under_load_drains_and_loses_no_request() -> anyhow::Result<()> {
+    scenario("e2e-drain", |env| {
+        Box::pin(a_spec_change_under_load_drains_and_loses_no_request_body(env))
+    })
+    .await
+}
+
+async fn a_spec_change_under_load_drains_and_loses_no_request_body(
+    env: &E2e,
+) -> anyhow::Result<()> {
+    pool_of_two(env).await?;
+    let old_uid = env.pods.get("pool-a-worker").await?.uid().context("pod without uid")?;
+    let router = Router::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let mut turn = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            router.send(env, turn).await?;
+            turn += 1;
+        }
+        anyhow::Ok(())
+    };
+    let change = async {
+        let result = async {
+            // Let the load reach both workers before the change.
+            eventually(Duration::from_secs(60), "requests answered", || async {
+                let (_, answered, _) = router.report();
+                if answered >= 4 { Ok(()) } else { Err(format!("{answered} answered")) }
+            })
+            .await?;
+            let changed = Instant::now();
+            let patch = serde_json::json!({"spec": {"threads": 2}});
+            env.workers
+                .patch(
+                    "pool-a",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await?;
+            let replaced =
+                eventually(Duration::from_secs(180), "pool-a replaced and Ready", || async {
+                    let w = env.worker("pool-a").await.map_err(|e| e.to_string())?;
+                    let pod = env.pods.get_opt("pool-a-worker").await.map_err(|e| e.to_string())?;
+                    let new_pod = pod.and_then(|p| p.uid()).is_some_and(|uid| uid != old_uid);
+                    let current = w.status.as_ref().and_then(|s| s.observed_generation) == Some(2);
+                    if new_pod && current && phase(&w) == "Ready" {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "new pod {new_pod}, observed gen 2 {current}, phase {}",
+                            phase(&w)
+                        ))
+                    }
+                })
+                .await;
+            eprintln!(
+                "pool-a replaced and Ready {:.1}s after the spec change",
+                changed.elapsed().as_secs_f64()
+            );
+            replaced?;
+            let out = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &env.ns,
+                "--field-selector",
+                "reason=Draining,involvedObject.name=pool-a",
+                "-o",
+                "name",
+            ])?;
+            anyhow::ensure!(!out.stdout.is_empty(), "no Draining event for pool-a");
+            anyhow::Ok(())
+        }
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
+    let (load, change) = tokio::join!(load, change);
+    change?;
+    load?;
+    let (sent, answered, failures) = router.report();
+    eprintln!("under load through the pool: {answered} of {sent} requests answered");
+    anyhow::ensure!(failures.is_empty(), "{} lost: {failures:?}", failures.len());
+    anyhow::ensure!(sent == answered && sent >= 8, "sent {sent}, answered {answered}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_rides_out_a_control_plane_restart() -> anyhow::Result<()> {
+    scenario("e2e-restart-cp", |env| Box::pin(a_worker_rides_out_a_control_plane_restart_body(env)))
+        .await
+}
+
+async fn a_worker_rides_out_a_control_plane_restart_body(env: &E2e) -> anyhow::Result<()> {
+    env.apply_worker("steady", MODEL_FILE, default_restart()).await?;
+    wait_ready(env, "steady", Duration::from_secs(180)).await?;
+    let uid = env.pods.get("steady-worker").await?.uid().context("pod without uid")?;
+    let before = jiff::Timestamp::now();
+
+    let restart = Instant::now();
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(rbee_testkit::testenv_script())
+            .args(["restart", "etcd", "kube-apiserver"])
+            .output()
+    })
+    .await??;
+    anyhow::ensure!(
+        out.status.success(),
+        "testenv restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restarted = unix_now();
+    eprintln!("etcd and kube-apiserver restarted in {:.1}s", restart.elapsed().as_secs_f64());
+
+    // Heartbeats accepted again by a leading operator...
+    eventually(Duration::from_secs(90), "a heartbeat accepted after the restart", || async {
+        match last_accepted_heartbeat(env, "steady").await {
+            Some(t) if t > restarted => Ok(()),
+            t => Err(format!("last accepted {t:?}, restart done at {restarted:.1}")),
+        }
+    })
+    .await?;
+    eprintln!("heartbeats accepted again {:.1}s after the restart", unix_now() - restarted);
+    // ...and for two stale periods more nothing turns stale or restarts.
+    let watch_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < watch_until {
+        let w = env.worker("steady").await?;
+        anyhow::ensure!(phase(&w) == "Ready", "phase {} after the restart", phase(&w));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let w = env.worker("steady").await?;
+    let (count, reason) = restarts(&w);
+    anyhow::ensure!(count == 0, "restarted {count} times ({reason:?})");
+    let heartbeating = condition(&w, "Heartbeating").context("no Heartbeating condition")?;
+    anyhow::ensure!(
+        heartbeating.status == "True" && heartbeating.last_transition_time.0 <= before,
+        "Heartbeating changed during the restart: {heartbeating:?}"
+    );
+    let pods = env.pods.list(&ListParams::default()).await?;
+    let uids: Vec<_> = pods.items.iter().filter_map(|p| p.uid()).collect();
+    anyhow::ensure!(uids == [uid.clone()], "pods after the restart: {uids:?}, before: {uid}");
+    let out = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &env.ns,
+        "--field-selector",
+        "reason=HeartbeatStale",
+        "-o",
+        "name",
+    ])?;
+    anyhow::ensure!(
+        out.stdout.is_empty(),
+        "HeartbeatStale events: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_operator_takes_over_a_restart_when_the_leader_is_killed() -> anyhow::Result<()>
+{
+    scenario("e2e-failover", |env| {
+        Box::pin(the_standby_operator_takes_over_a_restart_when_the_leader_is_killed_body(env))
+    })
+    .await
+}
+
+async fn the_standby_operator_takes_over_a_restart_when_the_leader_is_killed_body(
+    env: &E2e,
+) -> anyhow::Result<()> {
+    // A backoff long enough to kill the leader while the restart is pending.
+    let restart = serde_json::json!({"mode": "Always", "maxRestarts": 3,
+        "backoff": {"initialSeconds": 6, "maxSeconds": 10, "jitterPercent": 0}});
+    env.apply_worker("ha", MODEL_FILE, restart).await?;
+    wait_ready(env, "ha", Duration::from_secs(180)).await?;
+    let standby = OperatorProcess::start(&env.ns, &[&env.heartbeat_url_flag])?;
+    let leaders = eventually(Duration::from_secs(30), "standby up as follower", || async {
+        let a = env.operator.metric("rbee_operator_leader ").await;
+        let b = standby.metric("rbee_operator_leader ").await;
+        match (a, b) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    anyhow::ensure!(leaders == (1.0, 0.0), "leader gauges (first, standby) {leaders:?}");
+
+    let old_uid = env.pods.get("ha-worker").await?.uid().context("pod without uid")?;
+    let pid = env.kubelet()?.pid(&env.ns, "ha-worker").context("no worker pid")?;
+    signal(pid, "STOP")?;
+    let result = async {
+        eventually(Duration::from_secs(30), "a pending restart in status", || async {
+            let w = env.worker("ha").await.map_err(|e| e.to_string())?;
+            let pending = w
+                .status
+                .as_ref()
+                .and_then(|s| s.restarts.as_ref())
+                .and_then(|r| r.next_restart_time.clone());
+            if phase(&w) == "Stale" && pending.is_some() { Ok(()) } else { Err(phase(&w)) }
+        })
+        .await?;
+        let killed = Instant::now();
+        signal(env.operator.pid().context("operator not running")?, "KILL")?;
+        env.route_heartbeats_to(standby.heartbeat_addr);
+        eventually(Duration::from_secs(30), "the standby leads", || async {
+            match standby.metric("rbee_operator_leader ").await {
+                Some(1.0) => Ok(()),
+                l => Err(format!("{l:?}")),
+            }
+        })
+        .await?;
+        eprintln!(
+            "standby leads {:.1}s after the leader was killed (lease 4 s)",
+            killed.elapsed().as_secs_f64()
+        );
+        let w =
+            eventually(Duration::from_secs(120), "a new Ready pod under the standby", || async {
+                let w = env.worker("ha").await.map_err(|e| e.to_string())?;
+                let pod = env.pods.get_opt("ha-worker").await.map_err(|e| e.to_string())?;
+                let new_pod = pod.and_then(|p| p.uid()).is_some_and(|uid| uid != old_uid);
+                if new_pod && phase(&w) == "Ready" {
+                    Ok(w)
+                } else {
+                    Err(format!("new pod {new_pod}, phase {}", phase(&w)))
+                }
+            })
+            .await?;
+        eprintln!(
+            "Ready again on a new pod {:.1}s after the leader was killed",
+            killed.elapsed().as_secs_f64()
+        );
+        let (count, reason) = restarts(&w);
+        anyhow::ensure!(count == 1, "restarts.count {count} ({reason:?})");
+        let history = w.status.as_ref().and_then(|s| s.restarts.as_ref()).map(|r| r.history.len());
+        anyhow::ensure!(history == Some(1), "restart history {history:?}");
+        let pods = env.pods.list(&ListParams::default()).await?;
+        anyhow::ensure!(pods.items.len() == 1, "{} pods", pods.items.len());
+        // The new pod's heartbeats reach the new leader.
+        let hb = last_accepted_by(&standby, "ha").await;
+        anyhow::ensure!(hb.is_some(), "the standby accepted no heartbeat of ha");
+        Ok(())
+    }
+    .await;
+    if alive(pid) {
+        let _ = signal(pid, "CONT");
+        let _ = signal(pid, "KILL");
+    }
+    if result.is_err() {
+        eprintln!("---- standby operator log ----\n{}", tail(&standby.log_text(), 150));
+    }
+    result
 }

@@ -12,6 +12,18 @@
   - apiGroups: [""]
     resources: ["pods"]
     verbs: ["list", "watch", "create", "patch", "delete"]
+  # The rbee.dev/heartbeat readiness gate: a pod condition the operator sets from heartbeats.
+  - apiGroups: [""]
+    resources: ["pods/status"]
+    verbs: ["patch"]
+  # One headless Service per worker (its stable status.endpoint), applied like the pod.
+  - apiGroups: [""]
+    resources: ["services"]
+    verbs: ["list", "watch", "create", "patch"]
+  # Draining waits until no EndpointSlice of the worker's Service lists the pod as ready.
+  - apiGroups: ["discovery.k8s.io"]
+    resources: ["endpointslices"]
+    verbs: ["list", "watch"]
   # Events on RbeeWorkers for phase transitions and restarts.
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]

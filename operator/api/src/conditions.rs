@@ -29,6 +29,9 @@ pub mod reasons {
     pub const POD_CREATED: &str = "PodCreated";
     /// The old pod is being replaced after a spec change.
     pub const POD_REPLACED: &str = "PodReplaced";
+    /// The pod is out of its Services' endpoints, finishing in-flight requests before it is
+    /// replaced.
+    pub const DRAINING: &str = "Draining";
     /// The pod runs the current spec.
     pub const POD_UP_TO_DATE: &str = "PodUpToDate";
     /// The pod is bound to a node.

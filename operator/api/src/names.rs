@@ -15,6 +15,9 @@ pub const LABEL_MODEL: &str = "rbee.dev/model";
 pub const LABEL_GENERATION: &str = "rbee.dev/generation";
 /// Annotation on a worker pod with a hash of the pod template, to detect spec changes.
 pub const ANNOTATION_POD_TEMPLATE_HASH: &str = "rbee.dev/pod-template-hash";
+/// Pod condition type of the worker pods' readiness gate: True while the worker heartbeats
+/// with its model loaded, so Services route only to live workers.
+pub const READINESS_GATE: &str = "rbee.dev/heartbeat";
 /// `app.kubernetes.io/name` of worker pods.
 pub const APP_NAME_WORKER: &str = "llm-worker-rbee";
 /// `app.kubernetes.io/managed-by` of everything the operator creates.

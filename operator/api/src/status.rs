@@ -77,6 +77,9 @@ pub enum WorkerPhase {
     Degraded,
     /// No heartbeat within `staleAfterSeconds`.
     Stale,
+    /// Taken out of its Services' endpoints and finishing in-flight requests before its pod
+    /// is replaced.
+    Draining,
     /// Waiting out the backoff before the next restart.
     BackingOff,
     /// The pod failed and the restart policy does not replace it.
@@ -92,18 +95,20 @@ impl WorkerPhase {
             Self::Ready => "Ready",
             Self::Degraded => "Degraded",
             Self::Stale => "Stale",
+            Self::Draining => "Draining",
             Self::BackingOff => "BackingOff",
             Self::Failed => "Failed",
         }
     }
 
     /// Every phase, for metrics that report all of them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Pending,
         Self::Loading,
         Self::Ready,
         Self::Degraded,
         Self::Stale,
+        Self::Draining,
         Self::BackingOff,
         Self::Failed,
     ];

@@ -31,7 +31,8 @@ use crate::status::RbeeWorkerStatus;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason","description":"Why the worker is in its phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","priority":1,"jsonPath":".status.nodeName","description":"Node the worker pod runs on"}"#,
-    printcolumn = r#"{"name":"Device","type":"string","priority":1,"jsonPath":".status.device","description":"Device the worker actually uses"}"#
+    printcolumn = r#"{"name":"Device","type":"string","priority":1,"jsonPath":".status.device","description":"Device the worker actually uses"}"#,
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be at most 63 lowercase letters, digits and '-', starting with a letter: it names the worker's Service and labels its pod")
 )]
 #[x_kube(validation = kube::core::Rule::new("self.backend != 'cuda' || !has(self.gpus) || self.gpus > 0").message("spec.gpus must be greater than 0 when spec.backend is cuda").field_path(".gpus"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -226,6 +227,11 @@ pub struct RestartPolicySpec {
     #[serde(default = "default_load_timeout_seconds")]
     #[schemars(range(min = 1))]
     pub load_timeout_seconds: i32,
+    /// Seconds a serving pod may take to leave its Services' endpoints and finish its
+    /// in-flight requests before a spec change replaces it; 0 replaces it at once.
+    #[serde(default = "default_drain_timeout_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_timeout_seconds: i32,
 }
 
 fn default_max_restarts() -> i32 {
@@ -237,6 +243,9 @@ fn default_reset_after_stable_seconds() -> i32 {
 fn default_load_timeout_seconds() -> i32 {
     900
 }
+fn default_drain_timeout_seconds() -> i32 {
+    60
+}
 
 impl Default for RestartPolicySpec {
     fn default() -> Self {
@@ -246,6 +255,7 @@ impl Default for RestartPolicySpec {
             max_restarts: default_max_restarts(),
             reset_after_stable_seconds: default_reset_after_stable_seconds(),
             load_timeout_seconds: default_load_timeout_seconds(),
+            drain_timeout_seconds: default_drain_timeout_seconds(),
         }
     }
 }

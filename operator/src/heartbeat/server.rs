@@ -27,6 +27,11 @@ pub enum Refusal {
     /// This process is not the leader.
     #[error("this operator replica is not the leader; retry shortly")]
     NotLeader,
+    /// Leading, but the caches of the new term are still filling.
+    #[error(
+        "this operator became leader moments ago and is still loading its caches; retry shortly"
+    )]
+    Starting,
     /// Body above the limit.
     #[error("heartbeat body exceeds {MAX_HEARTBEAT_BYTES} bytes")]
     TooLarge,
@@ -62,7 +67,7 @@ impl Refusal {
             Self::NotLeader => "not_leader",
             Self::TooLarge | Self::Invalid(_) => "invalid",
             Self::MissingToken | Self::Unauthenticated(_) => "unauthenticated",
-            Self::ReviewUnavailable(_) => "unavailable",
+            Self::ReviewUnavailable(_) | Self::Starting => "unavailable",
             Self::UnknownWorker(_) => "unknown",
             Self::Forbidden(_) => "forbidden",
             Self::Throttled(_) => "throttled",
@@ -71,7 +76,9 @@ impl Refusal {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::NotLeader | Self::ReviewUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotLeader | Self::Starting | Self::ReviewUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingToken | Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -87,7 +94,7 @@ impl IntoResponse for Refusal {
         let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.status().as_u16()}});
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let retry = match &self {
-            Self::NotLeader | Self::ReviewUnavailable(_) => Some(2),
+            Self::NotLeader | Self::Starting | Self::ReviewUnavailable(_) => Some(2),
             Self::Throttled(interval) => Some((*interval).max(1)),
             _ => None,
         };
@@ -125,7 +132,11 @@ async fn handle(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Body)
 }
 
 async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, Refusal> {
+    // Until its caches are full a new leader cannot tell an unknown worker from a known one.
     let term = ctx.term().ok_or(Refusal::NotLeader)?;
+    if !term.caches_ready() {
+        return Err(Refusal::Starting);
+    }
     let bytes = to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| Refusal::TooLarge)?;
     let token = bearer(headers).ok_or(Refusal::MissingToken)?;
     let beat = Heartbeat::parse(&bytes).map_err(Refusal::Invalid)?;
@@ -135,7 +146,7 @@ async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, R
     })?;
     let worker = lookup(&term, &beat)?;
     check_binding(&worker, &beat, &identity)?;
-    check_current_pod(&term, &identity)?;
+    let draining = check_current_pod(&term, &identity)?;
 
     let now = Timestamp::now();
     ctx.metrics.clock_skew(now.duration_since(beat.sent_at).as_secs_f64());
@@ -148,7 +159,8 @@ async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, R
     match ctx.heartbeats.record(&key, &identity.pod_uid, beat, now, min_gap, stale_after) {
         Recorded::TooFrequent => Err(Refusal::Throttled(interval)),
         Recorded::Accepted { visible_change } => {
-            if visible_change {
+            // A draining pod waits for the in-flight count each heartbeat brings.
+            if visible_change || draining {
                 // Dropped when the queue is full: the periodic reconcile writes it soon after.
                 let _ = term.trigger.try_send(ObjectRef::from(worker.as_ref()));
             }
@@ -197,13 +209,16 @@ fn check_binding(worker: &RbeeWorker, beat: &Heartbeat, who: &PodIdentity) -> Re
 
 /// A token of a replaced pod stays valid in the review cache for a while; its heartbeats
 /// must not count for the pod that replaced it.
-fn check_current_pod(term: &Term, who: &PodIdentity) -> Result<(), Refusal> {
-    let current = term.pods.get(&ObjectRef::new(&who.pod_name).within(&who.namespace));
-    match current.and_then(|p| p.metadata.uid.clone()) {
+/// Refuses a token of a replaced pod; tells whether the current pod is draining.
+fn check_current_pod(term: &Term, who: &PodIdentity) -> Result<bool, Refusal> {
+    let Some(current) = term.pods.get(&ObjectRef::new(&who.pod_name).within(&who.namespace)) else {
+        return Ok(false);
+    };
+    match current.metadata.uid.as_deref() {
         Some(uid) if uid != who.pod_uid => Err(Refusal::Forbidden(format!(
             "pod {} ({}) has been replaced; this token belongs to the old pod",
             who.pod_name, who.pod_uid
         ))),
-        _ => Ok(()),
+        _ => Ok(crate::observe::gate(&current).is_some_and(|g| g.draining_since().is_some())),
     }
 }

@@ -9,7 +9,7 @@ use clap::Parser;
 use rbee_testkit::runner::{LOCAL_NODE, LocalKubelet, RunnerConfig, node_kubeconfig};
 
 /// Plays the kubelet of a local node: each pod bound to it runs as a local process on its own
-/// loopback IP (127.0.0.N), with its projected service-account token minted through the
+/// local IP (10.254.0.N on lo), with its projected service-account token minted through the
 /// TokenRequest API and its status reported as the node. Stop it with Ctrl-C or SIGTERM: it
 /// stops every process it started.
 #[derive(Parser, Debug)]

@@ -247,9 +247,15 @@ start_all() {
 }
 
 stop_all() {
+  stop_components "${COMPONENTS[@]}"
+}
+
+# stop_components NAME...: SIGTERM in reverse start order, SIGKILL after 15s.
+stop_components() {
   local i name pid pids=()
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     name="${COMPONENTS[i]}"
+    [[ " $* " == *" $name "* ]] || continue
     pid="$(component_pid "$name")" || continue
     step "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
