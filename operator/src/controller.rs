@@ -141,17 +141,12 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
     let desired = build_pod(&worker, &ctx.settings.pod)?;
     let desired_hash = crate::pod::pod_template_hash(&desired).unwrap_or_default().to_string();
     // Only a pod about to be replaced needs its endpoints looked up.
-    let endpoints_serving = pod.as_ref().is_some_and(|p| {
-        crate::pod::pod_template_hash(p) != Some(desired_hash.as_str())
-            && p.metadata.uid.as_deref().is_some_and(|uid| {
-                let state = term.slices.state();
-                let slices = state.iter().filter(|s| {
-                    s.namespace().as_deref() == Some(namespace.as_str())
-                        && s.labels().get(LABEL_WORKER) == Some(&name)
-                });
-                routes_to(slices.map(|s| s.as_ref()), uid)
-            })
-    });
+    let replaced_uid = pod
+        .as_ref()
+        .filter(|p| crate::pod::pod_template_hash(p) != Some(desired_hash.as_str()))
+        .and_then(|p| p.metadata.uid.as_deref());
+    let endpoints_serving =
+        replaced_uid.is_some_and(|uid| routes_to(&term.slices.state(), &worker, uid));
 
     // decide
     let decision = plan::plan(&Inputs {

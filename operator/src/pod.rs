@@ -58,15 +58,22 @@ pub fn model_label(served_name: &str) -> String {
     cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
-/// Labels every worker pod carries.
-pub fn pod_labels(worker: &RbeeWorker) -> BTreeMap<String, String> {
+/// Labels of everything the operator creates for a worker (its pod and its Service; the
+/// EndpointSlice controller copies the Service's onto its slices).
+pub fn worker_labels(worker: &RbeeWorker) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), names::APP_NAME_WORKER.into()),
         ("app.kubernetes.io/instance".into(), worker.name_any()),
         ("app.kubernetes.io/managed-by".into(), names::MANAGED_BY.into()),
         (names::LABEL_WORKER.into(), worker.name_any()),
-        (names::LABEL_MODEL.into(), model_label(&worker.spec.model.served_name())),
     ])
+}
+
+/// Labels every worker pod carries: the worker's, and the model it serves.
+pub fn pod_labels(worker: &RbeeWorker) -> BTreeMap<String, String> {
+    let mut labels = worker_labels(worker);
+    labels.insert(names::LABEL_MODEL.into(), model_label(&worker.spec.model.served_name()));
+    labels
 }
 
 /// Builds the desired pod, with a template hash annotation that changes exactly when the

@@ -2,6 +2,7 @@
 //! while the pod is Ready, that is while its heartbeat readiness gate is open.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,6 +13,7 @@ use rbee_api::RbeeWorker;
 use rbee_api::names::{self, WORKER_HTTP_PORT};
 
 use crate::error::{Error, Result};
+use crate::pod::worker_labels;
 
 /// The Service is named after the worker (the CRD admits only names valid for both).
 pub fn service_name(worker: &RbeeWorker) -> String {
@@ -24,17 +26,6 @@ pub fn endpoint(worker: &RbeeWorker) -> Option<String> {
     Some(format!("http://{}.{namespace}.svc:{WORKER_HTTP_PORT}", service_name(worker)))
 }
 
-/// Labels of the Service; the EndpointSlice controller copies them onto its slices, which
-/// is how the operator finds a worker's slices.
-pub fn service_labels(worker: &RbeeWorker) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), names::APP_NAME_WORKER.into()),
-        ("app.kubernetes.io/instance".into(), worker.name_any()),
-        ("app.kubernetes.io/managed-by".into(), names::MANAGED_BY.into()),
-        (names::LABEL_WORKER.into(), worker.name_any()),
-    ])
-}
-
 /// The desired Service.
 pub fn build_service(worker: &RbeeWorker) -> Result<Service> {
     let owner = worker
@@ -44,7 +35,7 @@ pub fn build_service(worker: &RbeeWorker) -> Result<Service> {
         metadata: ObjectMeta {
             name: Some(service_name(worker)),
             namespace: worker.namespace(),
-            labels: Some(service_labels(worker)),
+            labels: Some(worker_labels(worker)),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
@@ -82,9 +73,13 @@ fn port_keys(spec: &ServiceSpec) -> Vec<(Option<&str>, i32, Option<&IntOrString>
         .collect()
 }
 
-/// Whether any of `slices` lists the pod `pod_uid` as a ready endpoint.
-pub fn routes_to<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, pod_uid: &str) -> bool {
-    slices.into_iter().flat_map(|s| &s.endpoints).any(|e| {
+/// Whether an EndpointSlice of the worker's Service lists the pod `pod_uid` as ready.
+pub fn routes_to(slices: &[Arc<EndpointSlice>], worker: &RbeeWorker, pod_uid: &str) -> bool {
+    let of_worker = |s: &&Arc<EndpointSlice>| {
+        s.namespace() == worker.namespace()
+            && s.labels().get(names::LABEL_WORKER) == Some(&worker.name_any())
+    };
+    slices.iter().filter(of_worker).flat_map(|s| &s.endpoints).any(|e| {
         e.target_ref.as_ref().and_then(|r| r.uid.as_deref()) == Some(pod_uid)
             && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
     })

@@ -21,6 +21,35 @@ use serde::de::DeserializeOwned;
 /// land there, so tests that select `rbee-gpu-0` or `rbee-local-0` never meet them.
 pub const BENCH_NODE_LABEL: &str = "rbee.dev/bench";
 
+/// The benchmark nodes, as command-line flags.
+#[derive(clap::Args, Debug)]
+pub struct BenchNodes {
+    /// Fake kwok nodes `rbee-bench-<i>` to create (tainted; only benchmark workers land there).
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Pod capacity of each benchmark node.
+    #[arg(long, default_value_t = 3000)]
+    pub pods_per_node: u32,
+}
+
+impl BenchNodes {
+    /// Creates the nodes that do not exist yet.
+    pub async fn ensure(&self, client: &Client) -> anyhow::Result<()> {
+        ensure_bench_nodes(client, self.nodes, self.pods_per_node).await
+    }
+}
+
+/// Prints the results and writes them to `out`.
+pub fn write_results(out: &std::path::Path, results: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(results)?;
+    println!("{text}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, text)?;
+    Ok(())
+}
+
 /// Ensures `count` kwok-managed nodes `rbee-bench-<i>` with room for `pods_each` pods each.
 pub async fn ensure_bench_nodes(
     client: &Client,

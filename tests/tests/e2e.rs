@@ -328,6 +328,34 @@ async fn service_url(env: &E2e, service: &str, port: u16) -> anyhow::Result<Stri
     .await
 }
 
+/// Waits until worker `name` is Ready on a pod other than `old_uid`.
+async fn ready_on_a_new_pod(
+    env: &E2e,
+    name: &str,
+    old_uid: &str,
+    timeout: Duration,
+) -> anyhow::Result<RbeeWorker> {
+    eventually(timeout, &format!("{name} Ready on a new pod"), || async {
+        let w = env.worker(name).await.map_err(|e| e.to_string())?;
+        let pod = env.pods.get_opt(&format!("{name}-worker")).await.map_err(|e| e.to_string())?;
+        let new_pod = pod.and_then(|p| p.uid()).is_some_and(|uid| uid != old_uid);
+        if new_pod && phase(&w) == "Ready" {
+            Ok(w)
+        } else {
+            Err(format!("new pod {new_pod}, phase {}", phase(&w)))
+        }
+    })
+    .await
+}
+
+/// Ends a worker process a scenario stopped with SIGSTOP, if it still runs.
+fn kill_stopped(pid: u32) {
+    if alive(pid) {
+        let _ = signal(pid, "CONT");
+        let _ = signal(pid, "KILL");
+    }
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let status =
         std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
@@ -494,17 +522,7 @@ async fn hung_worker_goes_stale_and_is_restarted_by_the_operator_body(
             latency <= 4.0 + 0.3,
             "stale detection took {latency:.2}s > staleAfter + 1 s (+0.3 s polling)"
         );
-        let restarted = eventually(Duration::from_secs(120), "a new Ready pod", || async {
-            let w = env.worker("hung").await.map_err(|e| e.to_string())?;
-            let pod = env.pods.get_opt("hung-worker").await.map_err(|e| e.to_string())?;
-            let new_pod = pod.and_then(|p| p.uid()).is_some_and(|uid| uid != old_uid);
-            if new_pod && phase(&w) == "Ready" {
-                Ok(w)
-            } else {
-                Err(format!("new pod {new_pod}, phase {}", phase(&w)))
-            }
-        })
-        .await?;
+        let restarted = ready_on_a_new_pod(env, "hung", &old_uid, Duration::from_secs(120)).await?;
         eprintln!("Ready again {:.1}s after stale detection", unix_now() - seen);
         let (count, reason) = restarts(&restarted);
         anyhow::ensure!(count == 1, "restarts.count {count}");
@@ -515,10 +533,7 @@ async fn hung_worker_goes_stale_and_is_restarted_by_the_operator_body(
         Ok(())
     }
     .await;
-    if alive(pid) {
-        let _ = signal(pid, "CONT");
-        let _ = signal(pid, "KILL");
-    }
+    kill_stopped(pid);
     result
 }
 
@@ -723,10 +738,7 @@ async fn a_hung_worker_leaves_the_pool_endpoints_and_the_other_serves_body(
         Ok(())
     }
     .await;
-    if alive(pid) {
-        let _ = signal(pid, "CONT");
-        let _ = signal(pid, "KILL");
-    }
+    kill_stopped(pid);
     result
 }
 
@@ -947,18 +959,7 @@ async fn the_standby_operator_takes_over_a_restart_when_the_leader_is_killed_bod
             "standby leads {:.1}s after the leader was killed (lease 4 s)",
             killed.elapsed().as_secs_f64()
         );
-        let w =
-            eventually(Duration::from_secs(120), "a new Ready pod under the standby", || async {
-                let w = env.worker("ha").await.map_err(|e| e.to_string())?;
-                let pod = env.pods.get_opt("ha-worker").await.map_err(|e| e.to_string())?;
-                let new_pod = pod.and_then(|p| p.uid()).is_some_and(|uid| uid != old_uid);
-                if new_pod && phase(&w) == "Ready" {
-                    Ok(w)
-                } else {
-                    Err(format!("new pod {new_pod}, phase {}", phase(&w)))
-                }
-            })
-            .await?;
+        let w = ready_on_a_new_pod(env, "ha", &old_uid, Duration::from_secs(120)).await?;
         eprintln!(
             "Ready again on a new pod {:.1}s after the leader was killed",
             killed.elapsed().as_secs_f64()
@@ -975,10 +976,7 @@ async fn the_standby_operator_takes_over_a_restart_when_the_leader_is_killed_bod
         Ok(())
     }
     .await;
-    if alive(pid) {
-        let _ = signal(pid, "CONT");
-        let _ = signal(pid, "KILL");
-    }
+    kill_stopped(pid);
     if result.is_err() {
         eprintln!("---- standby operator log ----\n{}", tail(&standby.log_text(), 150));
     }

@@ -46,12 +46,8 @@ struct Args {
     /// Create requests (RbeeWorkers, TokenRequests) in flight at once.
     #[arg(long, default_value_t = 16)]
     client_concurrency: usize,
-    /// Fake kwok nodes `rbee-bench-<i>` to create (tainted; only benchmark workers land there).
-    #[arg(long, default_value_t = 4)]
-    nodes: usize,
-    /// Pod capacity of each benchmark node.
-    #[arg(long, default_value_t = 3000)]
-    pods_per_node: u32,
+    #[command(flatten)]
+    nodes: bench::BenchNodes,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/heartbeat.json")]
     out: std::path::PathBuf,
@@ -301,19 +297,13 @@ async fn stale_detection(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = client().await?;
-    bench::ensure_bench_nodes(&client, args.nodes, args.pods_per_node).await?;
+    args.nodes.ensure(&client).await?;
     let ns = TempNamespace::create(&client, "bench-heartbeat", &[]).await?;
     let result = run(&args, &client, &ns.name).await;
     eprintln!("heartbeat-bench: deleting namespace {}", ns.name);
     bench::delete_namespace_and_wait(&client, &ns.name, Duration::from_secs(1800)).await?;
     let results = result?;
-    let text = serde_json::to_string_pretty(&results)?;
-    println!("{text}");
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, text)?;
-    Ok(())
+    bench::write_results(&args.out, &results)
 }
 
 async fn run(args: &Args, client: &Client, ns: &str) -> anyhow::Result<serde_json::Value> {

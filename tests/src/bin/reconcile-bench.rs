@@ -25,12 +25,8 @@ struct Args {
     /// Create requests in flight at once, for the RbeeWorkers and for the floor's pods.
     #[arg(long, default_value_t = 16)]
     client_concurrency: usize,
-    /// Fake kwok nodes `rbee-bench-<i>` to create (tainted; only benchmark workers land there).
-    #[arg(long, default_value_t = 4)]
-    nodes: usize,
-    /// Pod capacity of each benchmark node.
-    #[arg(long, default_value_t = 3000)]
-    pods_per_node: u32,
+    #[command(flatten)]
+    nodes: bench::BenchNodes,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/reconcile.json")]
     out: std::path::PathBuf,
@@ -50,7 +46,7 @@ fn settle_timeout(n: usize) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = client().await?;
-    bench::ensure_bench_nodes(&client, args.nodes, args.pods_per_node).await?;
+    args.nodes.ensure(&client).await?;
     let mut runs = Vec::new();
     for &n in &args.sizes {
         eprintln!("reconcile-bench: N={n}: floor (direct pod creation)");
@@ -74,13 +70,7 @@ async fn main() -> anyhow::Result<()> {
         "note": "operator, API server, etcd, scheduler, kwok and this client share the machine",
         "runs": runs,
     });
-    let text = serde_json::to_string_pretty(&results)?;
-    println!("{text}");
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, text)?;
-    Ok(())
+    bench::write_results(&args.out, &results)
 }
 
 /// The pods the operator would build for N benchmark workers, without owners (a floor pod
