@@ -6,9 +6,9 @@ use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
 use rbee_api::RbeeWorker;
 use tokio::sync::mpsc;
 
@@ -58,6 +58,37 @@ impl Term {
             && synced(&self.pods)
             && synced(&self.services)
             && synced(&self.slices)
+    }
+}
+
+/// An object this operator just wrote, at the resourceVersion the API server answered with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// An RbeeWorker's status.
+    Worker(ObjectRef<RbeeWorker>, u64),
+    /// A worker pod.
+    Pod(ObjectRef<Pod>, u64),
+    /// A worker Service.
+    Service(ObjectRef<Service>, u64),
+}
+
+/// The resourceVersion of an object as a number: etcd revisions, comparable since Kubernetes
+/// 1.35 and in practice long before.
+pub fn resource_version<K: Resource>(object: &K) -> Option<u64> {
+    object.meta().resource_version.as_deref()?.parse().ok()
+}
+
+impl Term {
+    /// Whether the caches show `write` (or something newer).
+    pub fn shows(&self, write: &Written) -> bool {
+        fn at_least<K: Resource>(cached: Option<std::sync::Arc<K>>, rv: u64) -> bool {
+            cached.and_then(|o| resource_version(o.as_ref())).is_some_and(|seen| seen >= rv)
+        }
+        match write {
+            Written::Worker(r, rv) => at_least(self.workers.get(r), *rv),
+            Written::Pod(r, rv) => at_least(self.pods.get(r), *rv),
+            Written::Service(r, rv) => at_least(self.services.get(r), *rv),
+        }
     }
 }
 

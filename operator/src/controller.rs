@@ -5,21 +5,21 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use rbee_api::RbeeWorker;
 use rbee_api::names::{FIELD_MANAGER, LABEL_WORKER, MANAGED_BY, READINESS_GATE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::context::{Context, Term};
+use crate::context::{Context, Term, Written, resource_version};
 use crate::error::{Error, Result};
 use crate::heartbeat::record::worker_key;
 use crate::metrics::WorkerLabels;
@@ -59,12 +59,22 @@ pub async fn run_term(
     since: Timestamp,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let workers: Api<RbeeWorker> = api(&ctx, &scope);
-    let (pods, pod_stream) = cached(api(&ctx, &scope));
-    let (services, service_stream) = cached(api(&ctx, &scope));
-    let (slices, slice_stream) = cached::<EndpointSlice>(api(&ctx, &scope));
+    let (workers, worker_writer) = reflector::store();
+    // Status changes (most of them this operator's own writes) need no reconcile: heartbeats
+    // trigger theirs through `trigger`, and every other wait comes back as a requeue.
+    let worker_changes = reflector::reflector(
+        worker_writer,
+        watcher(api::<RbeeWorker>(&ctx, &scope), watcher::Config::default())
+            .modify(|w| w.meta_mut().managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let (pods, pod_stream) = cached(api(&ctx, &scope), prune_pod);
+    let (services, service_stream) = cached(api(&ctx, &scope), |_: &mut Service| {});
+    let (slices, slice_stream) = cached(api(&ctx, &scope), |_: &mut EndpointSlice| {});
     let (trigger, triggered) = mpsc::channel(4096);
-    let controller = Controller::new(workers, watcher::Config::default())
+    let controller = Controller::for_stream(worker_changes, workers)
         .with_config(kube::runtime::controller::Config::default().concurrency(scope.concurrency))
         .owns_stream(pod_stream)
         .owns_stream(service_stream)
@@ -97,10 +107,11 @@ pub async fn run_term(
     ctx.set_term(None);
 }
 
-/// A cache of the operator's objects of one kind (managed fields dropped: never read, and
-/// the bulk of each object) and the stream of their changes.
+/// A cache of the operator's objects of one kind, without what is never read (managed fields
+/// and whatever `prune` drops), and the stream of their changes.
 fn cached<K>(
     api: Api<K>,
+    prune: fn(&mut K),
 ) -> (reflector::Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send)
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -111,11 +122,22 @@ where
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let stream = reflector::reflector(
         writer,
-        watcher(api, config).modify(|o| o.meta_mut().managed_fields = None),
+        watcher(api, config).modify(move |o| {
+            o.meta_mut().managed_fields = None;
+            prune(o);
+        }),
     )
     .default_backoff()
     .touched_objects();
     (reader, stream)
+}
+
+/// Of a pod's spec only the node is read; the containers, volumes and the rest are the bulk
+/// of every cached pod.
+fn prune_pod(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec { node_name: spec.node_name.take(), ..PodSpec::default() };
+    }
 }
 
 async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action> {
@@ -162,37 +184,75 @@ async fn reconcile(worker: Arc<RbeeWorker>, ctx: Arc<Context>) -> Result<Action>
 
     // apply: a restart is recorded before its pod is deleted, so a crash in between
     // finds the condemned pod's UID in status and finishes the job instead of counting twice.
-    ensure_service(&ctx, &term, &worker, &namespace).await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Everything else is independent and goes out at once.
+    let mut restart_written = None;
     if decision.restarted.is_some() {
-        write_status(&ctx, &worker, &decision.status, true).await?;
+        restart_written = write_status(&ctx, &worker, &decision.status, true).await?;
     }
-    match &decision.action {
-        PodAction::Keep => {}
-        PodAction::Create => {
-            pods.patch(
-                &pod_name(&worker),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod_change = async {
+        match &decision.action {
+            PodAction::Keep => Ok(None),
+            PodAction::Create => {
+                let created = pods
+                    .patch(
+                        &pod_name(&worker),
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&desired),
+                    )
+                    .await?;
+                Ok(written_pod(&created))
+            }
+            PodAction::Delete { uid, grace_seconds } => {
+                delete_pod(&pods, &pod_name(&worker), uid, *grace_seconds).await
+            }
         }
-        PodAction::Delete { uid, grace_seconds } => {
-            delete_pod(&pods, &pod_name(&worker), uid, *grace_seconds).await?
+    };
+    let gate_change = async {
+        match (&decision.gate, &pod) {
+            (Some(gate), Some(pod)) => set_gate(&pods, pod, gate).await,
+            _ => Ok(None),
         }
-    }
-    if let (Some(gate), Some(pod)) = (&decision.gate, &pod) {
-        set_gate(&pods, pod, gate).await?;
-    }
-    if decision.restarted.is_none() {
-        write_status(&ctx, &worker, &decision.status, false).await?;
-    }
+    };
+    let status_change = async {
+        match decision.restarted {
+            Some(_) => Ok(restart_written),
+            None => write_status(&ctx, &worker, &decision.status, false).await,
+        }
+    };
+    let (service, pod, gate, status) = tokio::try_join!(
+        ensure_service(&ctx, &term, &worker, &namespace),
+        pod_change,
+        gate_change,
+        status_change
+    )?;
+    settle(&term, [service, pod, gate, status].into_iter().flatten()).await;
     if let Some(reason) = decision.restarted {
         ctx.metrics.restarted(&labels, reason);
     }
     ctx.metrics.observe_worker(&labels, &decision.status);
-    publish(&ctx, &worker, &decision.notices).await;
+    if !decision.notices.is_empty() {
+        // Events are best effort: they never hold up the next reconcile.
+        tokio::spawn(publish(ctx.clone(), worker.clone(), decision.notices));
+    }
     Ok(Action::requeue(decision.requeue_after))
+}
+
+/// How long a reconcile waits for the caches to show its own writes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the caches show this reconcile's writes (or a short timeout), so the
+/// reconcile that the next event triggers decides from them instead of writing them again.
+async fn settle(term: &Term, writes: impl Iterator<Item = Written>) {
+    let writes: Vec<Written> = writes.collect();
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    while !writes.iter().all(|w| term.shows(w)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn written_pod(pod: &Pod) -> Option<Written> {
+    resource_version(pod).map(|rv| Written::Pod(ObjectRef::from_obj(pod), rv))
 }
 
 /// Creates or repairs the worker's Service; unchanged ones cost nothing.
@@ -201,24 +261,24 @@ async fn ensure_service(
     term: &Term,
     worker: &RbeeWorker,
     namespace: &str,
-) -> Result<()> {
+) -> Result<Option<Written>> {
     let desired = build_service(worker)?;
     let name = service_name(worker);
     let live = term.services.get(&ObjectRef::new(&name).within(namespace));
     if live.is_some_and(|l| service_up_to_date(&l, &desired)) {
-        return Ok(());
+        return Ok(None);
     }
-    Api::<Service>::namespaced(ctx.client.clone(), namespace)
+    let applied = Api::<Service>::namespaced(ctx.client.clone(), namespace)
         .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
         .await?;
-    Ok(())
+    Ok(resource_version(&applied).map(|rv| Written::Service(ObjectRef::from_obj(&applied), rv)))
 }
 
 /// Sets the pod's heartbeat readiness gate condition when its status or reason changes.
-async fn set_gate(pods: &Api<Pod>, pod: &Pod, gate: &GateCondition) -> Result<()> {
+async fn set_gate(pods: &Api<Pod>, pod: &Pod, gate: &GateCondition) -> Result<Option<Written>> {
     let current = gate_of_pod(pod);
     if gate.matches(current.as_ref()) {
-        return Ok(());
+        return Ok(None);
     }
     let since = match &current {
         Some(c) if c.open == gate.open => c.since,
@@ -237,8 +297,8 @@ async fn set_gate(pods: &Api<Pod>, pod: &Pod, gate: &GateCondition) -> Result<()
     });
     let name = pod.name_any();
     match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Ok(patched) => Ok(written_pod(&patched)),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -248,16 +308,17 @@ async fn delete_pod(
     name: &str,
     uid: &str,
     grace_seconds: Option<i64>,
-) -> Result<()> {
+) -> Result<Option<Written>> {
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
         grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
         ..DeleteParams::background()
     };
     match pods.delete(name, &params).await {
-        Ok(_) => Ok(()),
+        // A pod with a grace period stays, marked for deletion, until it is gone.
+        Ok(deleted) => Ok(deleted.left().as_ref().and_then(written_pod)),
         // Already gone, or a newer pod took the name: nothing left to delete.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -267,9 +328,9 @@ async fn write_status(
     worker: &RbeeWorker,
     status: &rbee_api::RbeeWorkerStatus,
     force: bool,
-) -> Result<()> {
+) -> Result<Option<Written>> {
     if !force && !needs_write(worker.status.as_ref(), status, ctx.settings.report_period) {
-        return Ok(());
+        return Ok(None);
     }
     let api: Api<RbeeWorker> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
@@ -278,23 +339,24 @@ async fn write_status(
         "kind": RbeeWorker::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &worker.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &worker.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     ctx.metrics.status_written();
-    Ok(())
+    Ok(resource_version(&written).map(|rv| Written::Worker(ObjectRef::from_obj(&written), rv)))
 }
 
-async fn publish(ctx: &Context, worker: &RbeeWorker, notices: &[Notice]) {
+async fn publish(ctx: Arc<Context>, worker: Arc<RbeeWorker>, notices: Vec<Notice>) {
     let reference = worker.object_ref(&());
     for n in notices {
         let event = Event {
             type_: if n.warning { EventType::Warning } else { EventType::Normal },
             reason: n.reason.into(),
-            note: Some(n.note.clone()),
+            note: Some(n.note),
             action: "Reconcile".into(),
             secondary: None,
         };

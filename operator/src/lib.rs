@@ -9,6 +9,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod http;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod observe;
 pub mod plan;

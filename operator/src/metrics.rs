@@ -257,6 +257,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Refreshes what an accepted heartbeat reports, between the reconciles that write it.
+    pub fn heartbeat_accepted(
+        &self,
+        labels: &WorkerLabels,
+        at: jiff::Timestamp,
+        vram: Option<rbee_api::heartbeat::VramUsage>,
+    ) {
+        self.worker_last_heartbeat.get_or_create(labels).set(at.as_millisecond() as f64 / 1000.0);
+        if let Some(v) = vram {
+            self.worker_vram_used
+                .get_or_create(labels)
+                .set(i64::try_from(v.used_bytes).unwrap_or(i64::MAX));
+            self.worker_vram_total
+                .get_or_create(labels)
+                .set(i64::try_from(v.total_bytes).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Publishes a worker's status as gauges.
     pub fn observe_worker(&self, labels: &WorkerLabels, status: &RbeeWorkerStatus) {
         let cond = |t: &str, reason: Option<&str>| {

@@ -56,6 +56,26 @@ pub struct PodView {
     pub terminating: bool,
 }
 
+impl PodView {
+    /// A pod being created now, as its first sighting will show it: waiting for a node.
+    pub fn created(name: String) -> Self {
+        Self {
+            uid: String::new(),
+            name,
+            scheduling: Scheduling::Pending,
+            phase: "Pending".into(),
+            running_since: None,
+            waiting_reason: None,
+            probe_ready: false,
+            ready: false,
+            gate: None,
+            ip: None,
+            last_failure: None,
+            terminating: false,
+        }
+    }
+}
+
 /// The pod's `rbee.dev/heartbeat` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gate {

@@ -109,10 +109,15 @@ pub struct GateCondition {
 }
 
 impl GateCondition {
-    /// Whether the pod's current condition already says this (messages aside, so a
-    /// changing detail never costs a write).
+    /// Whether the pod's current condition already says this. Messages never count, and a
+    /// closed gate keeps the reason it closed with (a missing one is closed already): the
+    /// worker's status carries the current reason, so each phase of a pod that is out of
+    /// service would cost a write and tell nobody anything.
     pub fn matches(&self, current: Option<&observe::Gate>) -> bool {
-        current.is_some_and(|g| g.open == self.open && g.reason == self.reason)
+        match current {
+            Some(g) => g.open == self.open && (!self.open || g.reason == self.reason),
+            None => !self.open,
+        }
     }
 }
 
@@ -160,6 +165,11 @@ fn drain(
         Some(n) => Drain::Waiting(format!("{n} requests in flight"), deadline),
         None => Drain::Waiting("waiting for a heartbeat with its in-flight count".into(), deadline),
     }
+}
+
+/// Progressing while the current pod has not started yet.
+fn starting(pod: &str) -> Cond {
+    Cond::new(types::PROGRESSING, Status::True, reasons::POD_CREATED, format!("starting pod {pod}"))
 }
 
 /// The readiness gate follows the phase: open while the worker serves (a worker that reports
@@ -328,12 +338,7 @@ pub fn plan(i: &Inputs) -> Plan {
             } else {
                 action = PodAction::Create;
                 restarts.next_restart_time = None;
-                progressing = Cond::new(
-                    types::PROGRESSING,
-                    Status::True,
-                    reasons::POD_CREATED,
-                    "creating the worker pod",
-                );
+                progressing = starting(&crate::pod::pod_name(i.worker));
                 notices.push(Notice::normal(
                     reasons::POD_CREATED,
                     format!("Creating pod {}", crate::pod::pod_name(i.worker)),
@@ -341,6 +346,9 @@ pub fn plan(i: &Inputs) -> Plan {
             }
         }
         Some(v) => {
+            if v.running_since.is_none() && v.phase == "Pending" {
+                progressing = starting(&v.name);
+            }
             failure = detect_failure(
                 v,
                 &beat,
@@ -409,6 +417,12 @@ pub fn plan(i: &Inputs) -> Plan {
         }
     }
 
+    // The status written with a new pod already describes it, so its first sighting costs
+    // no second write.
+    let created =
+        (action == PodAction::Create).then(|| PodView::created(crate::pod::pod_name(i.worker)));
+    let view = view.or(created);
+    let model = view.as_ref().map(|v| observe::model_state(v, record));
     let restarting = restarted.is_some() || condemned;
     let pending_restart =
         restarts.next_restart_time.as_ref().map(|t| t.0).filter(|_| !limit_exceeded && !restarting);

@@ -137,6 +137,37 @@ fn no_pod_creates_one() {
 }
 
 #[test]
+fn the_status_written_with_a_new_pod_already_describes_it() {
+    let mut w = worker();
+    let created = decide(&w, None, None, 0);
+    apply(&mut w, &created);
+    let mut pod = build_pod(&w, &settings()).expect("pod");
+    pod.metadata.uid = Some("p1".into());
+    pod.status =
+        Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).expect("status"));
+    let seen = decide(&w, Some(&pod), None, 1);
+    assert_eq!(seen.action, PodAction::Keep);
+    assert_eq!(seen.status.pod_name, created.status.pod_name);
+    assert!(
+        !crate::status_fields::needs_write(
+            w.status.as_ref(),
+            &seen.status,
+            SignedDuration::from_secs(120)
+        ),
+        "{:#?}\n{:#?}",
+        created.status,
+        seen.status
+    );
+    let progressing =
+        conditions::find(&seen.status.conditions, "Progressing").expect("Progressing");
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "PodCreated"));
+    let running = decide(&w, Some(&running_pod(&w, "p1", 1)), None, 2);
+    let progressing =
+        conditions::find(&running.status.conditions, "Progressing").expect("Progressing");
+    assert_eq!(progressing.status, "False");
+}
+
+#[test]
 fn fresh_heartbeat_with_loaded_model_is_ready() {
     let w = worker();
     let pod = running_pod(&w, "p1", 0);
@@ -372,6 +403,19 @@ fn the_gate_closes_when_the_worker_goes_stale_or_loads() {
     assert!(!gate.open && gate.reason == "Loading", "{gate:?}");
     assert!(!GateCondition { open: true, ..gate.clone() }.matches(observe::gate(&pod).as_ref()));
     assert!(!gate.matches(observe::gate(&pod).as_ref()));
+}
+
+#[test]
+fn a_pod_out_of_service_costs_no_gate_write_per_phase() {
+    let w = worker();
+    let fresh = running_pod(&w, "p1", 0);
+    let loading = decide(&w, Some(&fresh), Some(&beat("p1", WorkerState::Loading, 5, 3)), 6);
+    let gate = loading.gate.expect("gate");
+    assert!(gate.matches(None), "a missing condition already keeps the pod out");
+    let closed_stale = gated(running_pod(&w, "p1", 0), false, "HeartbeatStale", 1);
+    assert!(gate.matches(observe::gate(&closed_stale).as_ref()));
+    let open = GateCondition { open: true, reason: "HeartbeatReceived", message: String::new() };
+    assert!(!open.matches(None) && !open.matches(observe::gate(&closed_stale).as_ref()));
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             heartbeat_url: args.effective_heartbeat_url(),
         },
         report_period: SignedDuration::from_secs(
-            i64::try_from(args.status_report_period_seconds).unwrap_or(60),
+            i64::try_from(args.status_report_period_seconds).unwrap_or(i64::MAX),
         ),
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, recorder));
@@ -59,6 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         serve(addr, crate::heartbeat::server::router(ctx.clone()), "heartbeat").await?;
     }
     tokio::spawn(controller::forget_deleted(ctx.clone()));
+    tokio::spawn(crate::memory::trim_periodically());
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {

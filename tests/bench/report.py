@@ -184,8 +184,10 @@ class Report(Plots):
                      f"{fmt(r['n'] / r['floor']['seconds'])} pods/s." if num(mean) else "")
             L += ["", f"**Target missed at N=1,000** by {r['ratio_vs_floor'] / 1.25:.2f}× "
                   f"({fmt(r['ratio_vs_floor'])} vs ≤ 1.25). What the run shows: per worker the operator path costs "
-                  f"one RbeeWorker create, one pod create and {fmt(o['status_writes'] / r['n'])} status writes "
-                  f"in {fmt(o['reconciles'] / r['n'])} reconciles, against the floor's one pod create.{bound} The operator itself "
+                  f"one RbeeWorker create, one pod and one Service apply, a PodCreated Event and "
+                  f"{fmt(o['status_writes'] / r['n'])} status writes in {fmt(o['reconciles'] / r['n'])} reconciles "
+                  "(each waits until the watch caches show its own writes), and the Service brings the "
+                  f"EndpointSlice controller's writes, against the floor's one pod create.{bound} The operator itself "
                   f"used {fmt(o['cpu_cores']['process'])} of the machine's {fmt(o['cpu_cores']['machine'])} busy cores "
                   f"({self.machine['cores']} cores in all); the rest is the API server, etcd, scheduler, kwok and the client."]
         if figs.get("reconcile"):

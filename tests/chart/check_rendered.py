@@ -112,7 +112,7 @@ def check_deployment(docs, where):
     for prefix in ("--metrics-bind-address=:8080", "--heartbeat-bind-address=:8443",
                    "--leader-elect=true", "--leader-election-namespace=$(POD_NAMESPACE)",
                    "--watch-namespace=", "--default-worker-image=", "--concurrency=",
-                   "--status-report-period-seconds=60", "--log-format=json",
+                   "--status-report-period-seconds=120", "--log-format=json",
                    "--heartbeat-url=http://rbee-rbee-operator-heartbeat.rbee-system.svc:8443/v1/heartbeat"):
         want[f"arg {prefix}"] = any(a.startswith(prefix) for a in args)
     for what, ok in want.items():

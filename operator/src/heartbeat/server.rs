@@ -19,6 +19,7 @@ use rbee_api::names::HEARTBEAT_PATH;
 use super::auth::{AuthError, PodIdentity};
 use super::record::{Recorded, worker_key};
 use crate::context::{Context, Term};
+use crate::metrics::WorkerLabels;
 use crate::pod::pod_name;
 
 /// Why a heartbeat was refused.
@@ -156,9 +157,13 @@ async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, R
     // Half an interval tolerates jitter and retries while stopping a runaway sender.
     let min_gap = SignedDuration::from_millis(i64::from(interval) * 500);
     let key = worker_key(&beat.worker.namespace, &beat.worker.name);
+    let labels =
+        WorkerLabels { namespace: beat.worker.namespace.clone(), worker: beat.worker.name.clone() };
+    let vram = beat.vram;
     match ctx.heartbeats.record(&key, &identity.pod_uid, beat, now, min_gap, stale_after) {
         Recorded::TooFrequent => Err(Refusal::Throttled(interval)),
         Recorded::Accepted { visible_change } => {
+            ctx.metrics.heartbeat_accepted(&labels, now, vram);
             // A draining pod waits for the in-flight count each heartbeat brings.
             if visible_change || draining {
                 // Dropped when the queue is full: the periodic reconcile writes it soon after.

@@ -34,11 +34,12 @@ struct Args {
     /// staleAfterSeconds of every worker.
     #[arg(long, default_value_t = 20)]
     stale_after_seconds: u64,
-    /// Measured window at the largest step, seconds.
-    #[arg(long, default_value_t = 180)]
+    /// Measured window at the largest step, seconds. Status writes per heartbeat come in
+    /// waves of the operator's report period (120 s): keep windows whole multiples of it.
+    #[arg(long, default_value_t = 240)]
     duration_seconds: u64,
     /// Measured window at the smaller steps, seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     step_duration_seconds: u64,
     /// Percent of the first step's workers stopped to time stale detection (0: skip).
     #[arg(long, default_value_t = 1.0)]
@@ -361,7 +362,7 @@ async fn run(args: &Args, client: &Client, ns: &str) -> anyhow::Result<serde_jso
         "note": "operator, API server, etcd, scheduler, kwok and this load generator share the machine",
         "interval_seconds": args.interval_seconds,
         "stale_after_seconds": args.stale_after_seconds,
-        "status_report_period_seconds": 60,
+        "status_report_period_seconds": rbee_operator::cli::DEFAULT_STATUS_REPORT_PERIOD_SECONDS,
         "operator_rss_mib_at_0": rss_at_0,
         "steps": steps,
         "stale_detection": stale,
