@@ -264,14 +264,33 @@ impl Metrics {
         at: jiff::Timestamp,
         vram: Option<rbee_api::heartbeat::VramUsage>,
     ) {
-        self.worker_last_heartbeat.get_or_create(labels).set(at.as_millisecond() as f64 / 1000.0);
-        if let Some(v) = vram {
-            self.worker_vram_used
+        let bytes = |b: u64| Some(i64::try_from(b).unwrap_or(i64::MAX));
+        self.set_heartbeat(
+            labels,
+            Some(at),
+            vram.and_then(|v| bytes(v.used_bytes)),
+            vram.and_then(|v| bytes(v.total_bytes)),
+        );
+    }
+
+    /// The gauges both an accepted heartbeat and a reconciled status refresh.
+    fn set_heartbeat(
+        &self,
+        labels: &WorkerLabels,
+        at: Option<jiff::Timestamp>,
+        vram_used: Option<i64>,
+        vram_total: Option<i64>,
+    ) {
+        if let Some(t) = at {
+            self.worker_last_heartbeat
                 .get_or_create(labels)
-                .set(i64::try_from(v.used_bytes).unwrap_or(i64::MAX));
-            self.worker_vram_total
-                .get_or_create(labels)
-                .set(i64::try_from(v.total_bytes).unwrap_or(i64::MAX));
+                .set(t.as_millisecond() as f64 / 1000.0);
+        }
+        if let Some(used) = vram_used {
+            self.worker_vram_used.get_or_create(labels).set(used);
+        }
+        if let Some(total) = vram_total {
+            self.worker_vram_total.get_or_create(labels).set(total);
         }
     }
 
@@ -294,21 +313,15 @@ impl Metrics {
         self.worker_backend_mismatch
             .get_or_create(labels)
             .set(i64::from(cond(types::DEGRADED, Some(reasons::BACKEND_MISMATCH))));
-        if let Some(t) = status.heartbeat.as_ref().and_then(|h| h.last_heartbeat_time.as_ref()) {
-            self.worker_last_heartbeat
-                .get_or_create(labels)
-                .set(t.0.as_millisecond() as f64 / 1000.0);
-        }
-        if let Some(v) = &status.vram {
-            if let Some(used) = v.used_bytes {
-                self.worker_vram_used.get_or_create(labels).set(used);
-            }
-            if let Some(total) = v.total_bytes {
-                self.worker_vram_total.get_or_create(labels).set(total);
-            }
-            if let Some(limit) = v.limit_bytes {
-                self.worker_vram_limit.get_or_create(labels).set(limit);
-            }
+        let vram = status.vram.as_ref();
+        self.set_heartbeat(
+            labels,
+            status.heartbeat.as_ref().and_then(|h| h.last_heartbeat_time.as_ref()).map(|t| t.0),
+            vram.and_then(|v| v.used_bytes),
+            vram.and_then(|v| v.total_bytes),
+        );
+        if let Some(limit) = vram.and_then(|v| v.limit_bytes) {
+            self.worker_vram_limit.get_or_create(labels).set(limit);
         }
         if let Some(phase) = status.phase {
             let mut phases = self.phases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
