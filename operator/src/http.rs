@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::context::Context;
+use crate::metrics::Metrics;
 
 /// State of the probe endpoints.
 pub struct Probes {
@@ -18,16 +18,16 @@ pub struct Probes {
 }
 
 /// The metrics and probes router.
-pub fn router(ctx: Arc<Context>, probes: Arc<Probes>) -> Router {
+pub fn router(metrics: Arc<Metrics>, probes: Arc<Probes>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(ctx)
+        .route("/metrics", get(scrape))
+        .with_state(metrics)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(probes))
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the classic text format.
-async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> impl IntoResponse {
+async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> impl IntoResponse {
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -35,12 +35,12 @@ async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> impl In
     if openmetrics {
         (
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            ctx.metrics.encode(),
+            metrics.encode(),
         )
     } else {
         (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            ctx.metrics.encode_prometheus_text(),
+            metrics.encode_prometheus_text(),
         )
     }
 }

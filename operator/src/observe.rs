@@ -1,15 +1,149 @@
-//! Reads a worker pod and its heartbeats into the few facts the decisions need. Pure.
+//! Reads everything a reconcile looks at (the worker, its pod, its last heartbeat, the last
+//! status) into one observation, computed once. Pure.
 
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
-use rbee_api::FailureStatus;
 use rbee_api::conditions::reasons;
 use rbee_api::heartbeat::{Health, WorkerState};
-use rbee_api::names::{READINESS_GATE, WORKER_CONTAINER};
+use rbee_api::names::WORKER_CONTAINER;
+use rbee_api::{FailureStatus, RbeeWorker, RbeeWorkerStatus};
 
-use crate::heartbeat::record::HeartbeatRecord;
+use crate::gate::{self, Gate};
+use crate::pod::pod_template_hash;
+use crate::record::HeartbeatRecord;
+
+/// What a reconcile looked at.
+pub struct Inputs<'a> {
+    /// The worker as last seen.
+    pub worker: &'a RbeeWorker,
+    /// Its pod, if any.
+    pub pod: Option<&'a Pod>,
+    /// Template hash of the pod the spec asks for.
+    pub desired_hash: &'a str,
+    /// Last accepted heartbeat of the worker.
+    pub heartbeat: Option<&'a HeartbeatRecord>,
+    /// When this operator became leader.
+    pub leader_since: Timestamp,
+    /// Now.
+    pub now: Timestamp,
+    /// Uniform random number in `[0, 1)` for backoff jitter.
+    pub jitter: f64,
+    /// An EndpointSlice of the worker's Service still lists the pod as ready.
+    pub endpoints_serving: bool,
+}
+
+/// What the last written status said, as far as decisions depend on it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Previous {
+    /// The heartbeat verdict of the Heartbeating condition.
+    pub beat: Option<Beat>,
+    /// Degraded with `RestartLimitExceeded`: the operator had given up on the worker.
+    pub restart_limit_reached: bool,
+    /// Since when the worker has been Ready, if it was.
+    pub ready_since: Option<Timestamp>,
+}
+
+/// One look at a worker, computed once per reconcile.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    /// The worker.
+    pub worker: &'a RbeeWorker,
+    /// Now.
+    pub now: Timestamp,
+    /// The status as last written (empty for a new worker).
+    pub old: RbeeWorkerStatus,
+    /// What the last status said.
+    pub previous: Previous,
+    /// The spec changed since the last status was written.
+    pub spec_changed: bool,
+    /// The current pod.
+    pub pod: Option<PodView>,
+    /// The last heartbeat of the current pod.
+    pub record: Option<&'a HeartbeatRecord>,
+    /// The current pod is the one the last recorded restart condemned.
+    pub condemned: bool,
+    /// The current pod was built from another spec.
+    pub outdated: bool,
+    /// Heartbeat freshness.
+    pub beat: Beat,
+    /// When freshness must be looked at again.
+    pub beat_deadline: Option<Timestamp>,
+    /// Model load state of the current pod.
+    pub model: Option<ModelState>,
+    /// An EndpointSlice still routes to the pod.
+    pub endpoints_serving: bool,
+}
+
+/// Looks at a worker once.
+pub fn observe<'a>(i: &Inputs<'a>, previous: Previous) -> Observation<'a> {
+    let old = i.worker.status.clone().unwrap_or_default();
+    let generation = i.worker.metadata.generation;
+    let pod = i.pod.map(pod_view);
+    let record = i.heartbeat.filter(|r| pod.as_ref().is_some_and(|v| v.uid == r.pod_uid));
+    // The last restart recorded the pod it condemned.
+    let last_restart = old.restarts.as_ref().and_then(|r| r.history.first());
+    let condemned = pod
+        .as_ref()
+        .is_some_and(|v| last_restart.and_then(|h| h.pod_uid.as_deref()) == Some(v.uid.as_str()));
+    let stale_after = SignedDuration::from_secs(i64::from(
+        i.worker.spec.heartbeat.effective_stale_after_seconds().max(0),
+    ));
+    let (beat, beat_deadline) = match &pod {
+        Some(v) => beat(
+            v.running_since,
+            record,
+            stale_after,
+            i.leader_since,
+            previous.beat.as_ref(),
+            i.now,
+        ),
+        None => (Beat::NotExpected, None),
+    };
+    Observation {
+        worker: i.worker,
+        now: i.now,
+        spec_changed: old.observed_generation.is_some() && old.observed_generation != generation,
+        old,
+        previous,
+        model: pod.as_ref().map(|v| model_state(v, record)),
+        outdated: i.pod.is_some_and(|p| pod_template_hash(p) != Some(i.desired_hash)),
+        pod,
+        record,
+        condemned,
+        beat,
+        beat_deadline,
+        endpoints_serving: i.endpoints_serving,
+    }
+}
+
+impl Observation<'_> {
+    /// The observation as it will be once the pod this reconcile creates is seen: the status
+    /// written with a new pod already describes it, so its first sighting costs no second write.
+    pub fn with_created_pod(&self, name: String) -> Self {
+        let pod = PodView::created(name);
+        Self { model: Some(model_state(&pod, None)), pod: Some(pod), record: None, ..self.clone() }
+    }
+
+    /// Why the worker runs on another backend than asked for, if it does.
+    pub fn backend_mismatch(&self) -> Option<String> {
+        let asked = self.worker.spec.backend;
+        self.record
+            .filter(|r| r.beat.backend != asked)
+            .map(|r| format!("asked for {asked} but the worker runs on {}", r.beat.backend))
+    }
+
+    /// Whether the worker reports itself degraded, and why.
+    pub fn reported_degraded(&self) -> Option<String> {
+        self.record.filter(|r| r.beat.health == Health::Degraded).map(|r| {
+            r.beat
+                .health_reason
+                .clone()
+                .unwrap_or_else(|| "the worker reports itself degraded".into())
+        })
+    }
+}
 
 /// Whether and where the pod is scheduled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,35 +210,6 @@ impl PodView {
     }
 }
 
-/// The pod's `rbee.dev/heartbeat` condition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gate {
-    /// True: Services may route to the pod.
-    pub open: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// Last change of `open`.
-    pub since: Timestamp,
-}
-
-impl Gate {
-    /// Whether the gate is closed for draining, and since when.
-    pub fn draining_since(&self) -> Option<Timestamp> {
-        (!self.open && self.reason == reasons::DRAINING).then_some(self.since)
-    }
-}
-
-/// Reads the heartbeat readiness gate condition of a pod.
-pub fn gate(pod: &Pod) -> Option<Gate> {
-    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
-    let c = conditions.iter().find(|c| c.type_ == READINESS_GATE)?;
-    Some(Gate {
-        open: c.status == "True",
-        reason: c.reason.clone().unwrap_or_default(),
-        since: c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_default(),
-    })
-}
-
 /// Reads a pod.
 pub fn pod_view(pod: &Pod) -> PodView {
     let status = pod.status.clone().unwrap_or_default();
@@ -147,7 +252,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         waiting_reason,
         probe_ready: conditions.iter().any(|c| c.type_ == "ContainersReady" && c.status == "True"),
         ready: conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
-        gate: gate(pod),
+        gate: gate::of_pod(pod),
         ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
         last_failure: terminated.filter(|t| t.exit_code != 0).map(failure_of),
         terminating: pod.metadata.deletion_timestamp.is_some(),
@@ -239,11 +344,4 @@ pub fn model_state(pod: &PodView, record: Option<&HeartbeatRecord>) -> ModelStat
         None if pod.probe_ready => ModelState::Loaded,
         None => ModelState::Loading(0),
     }
-}
-
-/// Whether the worker reports itself degraded, and why.
-pub fn reported_degraded(record: Option<&HeartbeatRecord>) -> Option<String> {
-    record.filter(|r| r.beat.health == Health::Degraded).map(|r| {
-        r.beat.health_reason.clone().unwrap_or_else(|| "the worker reports itself degraded".into())
-    })
 }

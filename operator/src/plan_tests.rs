@@ -6,7 +6,9 @@ use rbee_api::{Backend, RbeeWorker, WorkerPhase};
 use rbee_api::names::READINESS_GATE;
 
 use super::*;
-use crate::pod::{PodSettings, build_pod};
+use crate::gate;
+use crate::pod::{PodSettings, build_pod, pod_template_hash};
+use crate::record::HeartbeatRecord;
 
 fn t(s: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + s).unwrap_or_default()
@@ -149,7 +151,7 @@ fn the_status_written_with_a_new_pod_already_describes_it() {
     assert_eq!(seen.action, PodAction::Keep);
     assert_eq!(seen.status.pod_name, created.status.pod_name);
     assert!(
-        !crate::status_fields::needs_write(
+        !crate::status::needs_write(
             w.status.as_ref(),
             &seen.status,
             SignedDuration::from_secs(120)
@@ -356,7 +358,7 @@ fn status_writes_are_coalesced() {
     let mut w = worker();
     let pod = running_pod(&w, "p1", 0);
     let first = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 5, 3)), 5);
-    assert!(crate::status_fields::needs_write(
+    assert!(crate::status::needs_write(
         w.status.as_ref(),
         &first.status,
         SignedDuration::from_secs(60)
@@ -364,29 +366,17 @@ fn status_writes_are_coalesced() {
     apply(&mut w, &first);
     let next = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 6, 4)), 6);
     assert!(
-        !crate::status_fields::needs_write(
-            w.status.as_ref(),
-            &next.status,
-            SignedDuration::from_secs(60)
-        ),
+        !crate::status::needs_write(w.status.as_ref(), &next.status, SignedDuration::from_secs(60)),
         "only the heartbeat time moved"
     );
     let later = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Ready, 66, 64)), 66);
     assert!(
-        crate::status_fields::needs_write(
-            w.status.as_ref(),
-            &later.status,
-            SignedDuration::from_secs(60)
-        ),
+        crate::status::needs_write(w.status.as_ref(), &later.status, SignedDuration::from_secs(60)),
         "report period elapsed"
     );
     let busy = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Loading, 7, 5)), 7);
     assert!(
-        crate::status_fields::needs_write(
-            w.status.as_ref(),
-            &busy.status,
-            SignedDuration::from_secs(60)
-        ),
+        crate::status::needs_write(w.status.as_ref(), &busy.status, SignedDuration::from_secs(60)),
         "visible change"
     );
 }
@@ -401,8 +391,8 @@ fn the_gate_closes_when_the_worker_goes_stale_or_loads() {
     let loading = decide(&w, Some(&pod), Some(&beat("p1", WorkerState::Loading, 5, 3)), 6);
     let gate = loading.gate.expect("gate");
     assert!(!gate.open && gate.reason == "Loading", "{gate:?}");
-    assert!(!GateCondition { open: true, ..gate.clone() }.matches(observe::gate(&pod).as_ref()));
-    assert!(!gate.matches(observe::gate(&pod).as_ref()));
+    assert!(!GateCondition { open: true, ..gate.clone() }.matches(gate::of_pod(&pod).as_ref()));
+    assert!(!gate.matches(gate::of_pod(&pod).as_ref()));
 }
 
 #[test]
@@ -413,9 +403,9 @@ fn a_pod_out_of_service_costs_no_gate_write_per_phase() {
     let gate = loading.gate.expect("gate");
     assert!(gate.matches(None), "a missing condition already keeps the pod out");
     let closed_stale = gated(running_pod(&w, "p1", 0), false, "HeartbeatStale", 1);
-    assert!(gate.matches(observe::gate(&closed_stale).as_ref()));
+    assert!(gate.matches(gate::of_pod(&closed_stale).as_ref()));
     let open = GateCondition { open: true, reason: "HeartbeatReceived", message: String::new() };
-    assert!(!open.matches(None) && !open.matches(observe::gate(&closed_stale).as_ref()));
+    assert!(!open.matches(None) && !open.matches(gate::of_pod(&closed_stale).as_ref()));
 }
 
 #[test]

@@ -241,6 +241,49 @@ where
     }
 }
 
+/// Polls an async check for the whole of `window` and fails at the first poll where it does
+/// not hold, with what it said: proves that something stays true, not that it was once.
+pub async fn holds_for<F, Fut>(window: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        if let Err(why) = check().await {
+            bail!("{what} stopped holding after {:?} ({polls} polls): {why}", start.elapsed());
+        }
+        polls += 1;
+        if start.elapsed() >= window {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An RbeeWorker that runs on the fake GPU node and is never restarted for lack of
+/// heartbeats; `spec` overrides top-level spec fields.
+pub fn kwok_worker(name: &str, spec: serde_json::Value) -> rbee_api::RbeeWorker {
+    let mut base = serde_json::json!({
+        "backend": "cuda", "gpus": 1,
+        "model": {"path": "/models/m.gguf"},
+        "nodeSelector": {"kubernetes.io/hostname": "rbee-gpu-0"},
+        "heartbeat": {"intervalSeconds": 30, "staleAfterSeconds": 3600},
+        "restartPolicy": {"mode": "Never"}
+    });
+    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbee.dev/v1alpha1", "kind": "RbeeWorker",
+        "metadata": {"name": name}, "spec": base
+    }))
+    .expect("valid worker")
+}
+
 /// A service-account token of the namespace's `default` ServiceAccount, bound to `pod`, with
 /// the operator's audience: what kubelet projects into a worker pod.
 pub async fn bound_token(

@@ -1,10 +1,9 @@
 //! The real operator against the real API server: pods from RbeeWorkers, status, events,
-//! replacement, garbage collection, crash safety and leader election.
+//! replacement, garbage collection, crash safety and metrics.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
@@ -12,30 +11,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rbee_api::RbeeWorker;
 use rbee_operator::pod::{PodSettings, build_pod};
 use rbee_testkit::operator::OperatorProcess;
-use rbee_testkit::{TempNamespace, client, eventually, kubectl, wait_for};
+use rbee_testkit::{TempNamespace, client, eventually, kubectl, kwok_worker as worker, wait_for};
 
 const RESTRICTED: &[(&str, &str)] = &[("pod-security.kubernetes.io/enforce", "restricted")];
-
-/// A worker that runs on the fake GPU node and is never restarted for lack of heartbeats.
-fn worker(name: &str, spec: serde_json::Value) -> RbeeWorker {
-    let mut base = serde_json::json!({
-        "backend": "cuda", "gpus": 1,
-        "model": {"path": "/models/m.gguf"},
-        "nodeSelector": {"kubernetes.io/hostname": "rbee-gpu-0"},
-        "heartbeat": {"intervalSeconds": 30, "staleAfterSeconds": 3600},
-        "restartPolicy": {"mode": "Never"}
-    });
-    if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
-        for (k, v) in extra {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbee.dev/v1alpha1", "kind": "RbeeWorker",
-        "metadata": {"name": name}, "spec": base
-    }))
-    .expect("valid worker")
-}
 
 fn condition(w: &RbeeWorker, t: &str) -> Option<(String, String)> {
     w.status
@@ -276,77 +254,6 @@ async fn a_crash_between_pod_and_status_leaves_one_pod_and_a_correct_status() ->
     );
     assert_eq!(w.status.and_then(|s| s.pod_name).as_deref(), Some("w-worker"));
     drop(op);
-    ns.delete().await
-}
-
-#[tokio::test]
-async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
-    let client = client().await?;
-    let ns = TempNamespace::create(&client, "op-leader", RESTRICTED).await?;
-    let mut a = OperatorProcess::start(&ns.name, &[])?;
-    let mut b = OperatorProcess::start(&ns.name, &[])?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let holder =
-        |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
-    let lease = wait_for(&leases, "rbee-operator-leader", Duration::from_secs(30), "held", |l| {
-        !holder(l).is_empty()
-    })
-    .await?;
-    let first = holder(&lease);
-    let pid_of = |p: &OperatorProcess| p.pid().map(|p| p.to_string()).unwrap_or_default();
-    let (leader, follower) = if first.ends_with(&format!("-{}", pid_of(&a))) {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
-    eventually(Duration::from_secs(10), "leader gauges", || async {
-        match (
-            leader.metric("rbee_operator_leader ").await,
-            follower.metric("rbee_operator_leader ").await,
-        ) {
-            (Some(l), Some(f)) if l == 1.0 && f == 0.0 => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
-
-    let workers: Api<RbeeWorker> = Api::namespaced(client.clone(), &ns.name);
-    workers.create(&PostParams::default(), &worker("one", serde_json::json!({}))).await?;
-    wait_for(&workers, "one", Duration::from_secs(30), "reconciled", |w| w.status.is_some())
-        .await?;
-    let follower_reconciles =
-        follower.metric("rbee_operator_reconcile_duration_seconds_count ").await.unwrap_or(0.0);
-    assert_eq!(follower_reconciles, 0.0, "the follower reconciled");
-    // Only the leader accepts heartbeats; a follower says so with a retry hint.
-    let resp = reqwest::Client::new().post(follower.heartbeat_url()).body("{}").send().await?;
-    assert_eq!(resp.status().as_u16(), 503);
-    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
-    let body: serde_json::Value = resp.json().await?;
-    assert_eq!(body["error"]["type"], "not_leader", "{body}");
-
-    let killed_at = Instant::now();
-    leader.kill();
-    let lease =
-        wait_for(&leases, "rbee-operator-leader", Duration::from_secs(20), "taken over", |l| {
-            let h = holder(l);
-            !h.is_empty() && h != first
-        })
-        .await?;
-    let failover = killed_at.elapsed();
-    assert!(holder(&lease).ends_with(&format!("-{}", pid_of(follower))));
-    workers.create(&PostParams::default(), &worker("two", serde_json::json!({}))).await?;
-    wait_for(&workers, "two", Duration::from_secs(30), "reconciled by the new leader", |w| {
-        w.status.is_some()
-    })
-    .await?;
-    eprintln!("leader failover took {failover:?} (lease duration 4s)");
-    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
-
-    // A graceful stop releases the lease at once.
-    let status = follower.terminate()?;
-    assert!(status.success(), "{status}");
-    let released = leases.get("rbee-operator-leader").await?;
-    assert_eq!(holder(&released), "");
     ns.delete().await
 }
 

@@ -2,28 +2,16 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rbee_api::names::env;
 use rbee_api::worker::Backend;
 
 use crate::model::CpuKernels;
 
-/// `--backend` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    /// Host CPU.
-    Cpu,
-    /// NVIDIA GPU (needs a build with the `cuda` feature).
-    Cuda,
-}
-
-impl From<BackendArg> for Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Cuda => Backend::Cuda,
-        }
-    }
+/// `--backend`: the names of [`Backend`], listed in `--help`.
+fn backend_parser() -> impl TypedValueParser<Value = Backend> {
+    PossibleValuesParser::new(Backend::ALL.map(Backend::as_str)).try_map(|s| s.parse::<Backend>())
 }
 
 /// Candle-based LLM inference server with an OpenAI-compatible API
@@ -55,8 +43,8 @@ pub struct Args {
     pub context_length: Option<usize>,
 
     /// Compute backend. `cuda` needs a build with the `cuda` cargo feature.
-    #[arg(long, env = env::BACKEND, value_enum, default_value_t = BackendArg::Cpu)]
-    pub backend: BackendArg,
+    #[arg(long, env = env::BACKEND, value_parser = backend_parser(), default_value_t = Backend::Cpu)]
+    pub backend: Backend,
 
     /// CUDA device ordinal (ignored by the cpu backend).
     #[arg(long, env = env::DEVICE, default_value_t = 0)]
@@ -73,18 +61,18 @@ pub struct Args {
 
     /// Kernels that run GGUF models on the cpu backend: `rbee` (the worker's own SIMD kernels
     /// for Q4_1/Q8_0 files; other files use candle's) or `candle` (candle's for every file).
-    #[arg(long, env = "RBEE_CPU_KERNELS", value_enum, default_value_t = CpuKernels::Rbee)]
+    #[arg(long, env = env::CPU_KERNELS, value_enum, default_value_t = CpuKernels::Rbee)]
     pub cpu_kernels: CpuKernels,
     /// Requests that may wait for a generation slot; more are answered 429.
-    #[arg(long, env = "RBEE_MAX_QUEUE", default_value_t = 64)]
+    #[arg(long, env = env::MAX_QUEUE, default_value_t = 64)]
     pub max_queue: usize,
 
     /// Requests generated concurrently, interleaved one token each per turn.
-    #[arg(long, env = "RBEE_MAX_BATCH", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::MAX_BATCH, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 
     /// Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.
-    #[arg(long, env = "RBEE_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    #[arg(long, env = env::SHUTDOWN_GRACE_SECONDS, default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
     /// Operator URL to send heartbeats to (POST); none are sent when unset.
@@ -148,8 +136,8 @@ impl Args {
     /// Device label for logs, metrics and /health: `cpu` or `cuda:N`.
     pub fn device_label(&self) -> String {
         match self.backend {
-            BackendArg::Cpu => "cpu".into(),
-            BackendArg::Cuda => format!("cuda:{}", self.device),
+            Backend::Cpu => "cpu".into(),
+            Backend::Cuda => format!("cuda:{}", self.device),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::model::{LoadOptions, device_for};
 /// Runs the worker until SIGTERM/SIGINT: serves HTTP at once (503 while loading), loads the
 /// model on the engine thread, then drains in-flight requests within the grace period.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let backend = args.backend.into();
+    let backend = args.backend;
     let device = device_for(backend, args.device)?;
     let status = EngineStatus::new(backend, args.device_label());
     let heartbeat = args.heartbeat_config()?;

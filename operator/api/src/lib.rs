@@ -2,6 +2,7 @@
 //! names shared by the operator, the worker and the chart. No IO.
 
 pub mod conditions;
+pub mod error;
 pub mod heartbeat;
 pub mod names;
 pub mod status;

@@ -43,8 +43,8 @@ pub const OPERATOR_HEARTBEAT_PORT: u16 = 8443;
 /// Path of the heartbeat endpoint on the operator.
 pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
 
-/// Environment variables the operator sets on the worker container; the worker reads them
-/// as defaults of its command-line flags.
+/// Environment variables the worker reads as defaults of its command-line flags; the
+/// operator sets those the RbeeWorker spec decides.
 pub mod env {
     /// Model file (.gguf) or directory (safetensors + config.json + tokenizer.json).
     pub const MODEL_PATH: &str = "RBEE_MODEL_PATH";
@@ -78,4 +78,45 @@ pub mod env {
     pub const POD_NAME: &str = "RBEE_POD_NAME";
     /// UID of the pod (downward API).
     pub const POD_UID: &str = "RBEE_POD_UID";
+    /// Kernels of GGUF models on the cpu backend (not set by the operator).
+    pub const CPU_KERNELS: &str = "RBEE_CPU_KERNELS";
+    /// Requests that may wait for a generation slot (not set by the operator).
+    pub const MAX_QUEUE: &str = "RBEE_MAX_QUEUE";
+    /// Requests generated concurrently (not set by the operator).
+    pub const MAX_BATCH: &str = "RBEE_MAX_BATCH";
+    /// Seconds in-flight requests may take after SIGTERM (not set by the operator).
+    pub const SHUTDOWN_GRACE_SECONDS: &str = "RBEE_SHUTDOWN_GRACE_SECONDS";
+}
+
+/// Environment variables the operator reads as defaults of its own flags; the chart sets
+/// `POD_NAME` and `POD_NAMESPACE` through the downward API.
+pub mod operator_env {
+    /// `--metrics-bind-address`.
+    pub const METRICS_BIND_ADDRESS: &str = "RBEE_METRICS_BIND_ADDRESS";
+    /// `--heartbeat-bind-address`.
+    pub const HEARTBEAT_BIND_ADDRESS: &str = "RBEE_HEARTBEAT_BIND_ADDRESS";
+    /// `--leader-elect`.
+    pub const LEADER_ELECT: &str = "RBEE_LEADER_ELECT";
+    /// `--leader-election-namespace`.
+    pub const LEADER_ELECTION_NAMESPACE: &str = "RBEE_LEADER_ELECTION_NAMESPACE";
+    /// `--leader-election-id`.
+    pub const LEADER_ELECTION_ID: &str = "RBEE_LEADER_ELECTION_ID";
+    /// `--lease-duration-seconds`.
+    pub const LEASE_DURATION_SECONDS: &str = "RBEE_LEASE_DURATION_SECONDS";
+    /// `--watch-namespace`.
+    pub const WATCH_NAMESPACE: &str = "RBEE_WATCH_NAMESPACE";
+    /// `--default-worker-image`.
+    pub const DEFAULT_WORKER_IMAGE: &str = "RBEE_DEFAULT_WORKER_IMAGE";
+    /// `--heartbeat-url`.
+    pub const HEARTBEAT_URL: &str = "RBEE_HEARTBEAT_URL";
+    /// `--concurrency`.
+    pub const CONCURRENCY: &str = "RBEE_CONCURRENCY";
+    /// `--status-report-period-seconds`.
+    pub const STATUS_REPORT_PERIOD_SECONDS: &str = "RBEE_STATUS_REPORT_PERIOD_SECONDS";
+    /// `--log-format`.
+    pub const LOG_FORMAT: &str = "RBEE_LOG_FORMAT";
+    /// Name of the operator's own pod (downward API).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Namespace of the operator's own pod (downward API).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
 }

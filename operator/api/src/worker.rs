@@ -94,6 +94,9 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend.
+    pub const ALL: [Self; 2] = [Self::Cuda, Self::Cpu];
+
     /// The spelling used in the API, flags and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +109,19 @@ impl Backend {
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A backend name that is neither `cuda` nor `cpu`.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown backend {0:?}: use cuda or cpu")]
+pub struct UnknownBackend(pub String);
+
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s).ok_or_else(|| UnknownBackend(s.into()))
     }
 }
 
@@ -326,4 +342,18 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub min_free_disk_bytes: Option<i64>,
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse_from_their_names_only() {
+        for b in Backend::ALL {
+            assert_eq!(b.as_str().parse::<Backend>(), Ok(b));
+        }
+        let err = "rocm".parse::<Backend>().err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "unknown backend \"rocm\": use cuda or cpu");
+    }
 }

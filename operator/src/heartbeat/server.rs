@@ -13,14 +13,28 @@ use axum::routing::post;
 use jiff::{SignedDuration, Timestamp};
 use kube::runtime::reflector::ObjectRef;
 use rbee_api::RbeeWorker;
+use rbee_api::error::ErrorResponse;
 use rbee_api::heartbeat::{Heartbeat, MAX_HEARTBEAT_BYTES};
 use rbee_api::names::HEARTBEAT_PATH;
 
-use super::auth::{AuthError, PodIdentity};
-use super::record::{Recorded, worker_key};
-use crate::context::{Context, Term};
-use crate::metrics::WorkerLabels;
+use super::auth::{AuthError, PodIdentity, TokenReviewer};
+use crate::leader::Leadership;
+use crate::metrics::{Metrics, WorkerLabels};
 use crate::pod::pod_name;
+use crate::record::{Recorded, worker_key};
+use crate::term::{CurrentTerm, TermState};
+
+/// What the heartbeat endpoint works with.
+pub struct HeartbeatState {
+    /// Leadership: only the leader accepts.
+    pub leadership: Leadership,
+    /// The state of the running term, from the controller.
+    pub term: CurrentTerm,
+    /// TokenReview cache.
+    pub reviewer: TokenReviewer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
 
 /// Why a heartbeat was refused.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +89,22 @@ impl Refusal {
         }
     }
 
+    /// JSON `code`: finer than `type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotLeader => "not_leader",
+            Self::Starting => "starting",
+            Self::TooLarge => "too_large",
+            Self::MissingToken => "missing_token",
+            Self::Unauthenticated(_) => "token_rejected",
+            Self::ReviewUnavailable(_) => "token_review_unavailable",
+            Self::Invalid(_) => "invalid_heartbeat",
+            Self::UnknownWorker(_) => "unknown_worker",
+            Self::Forbidden(_) => "wrong_pod",
+            Self::Throttled(_) => "too_frequent",
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::NotLeader | Self::Starting | Self::ReviewUnavailable(_) => {
@@ -92,7 +122,7 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.status().as_u16()}});
+        let body = ErrorResponse::new(self.to_string(), self.kind(), self.code());
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let retry = match &self {
             Self::NotLeader | Self::Starting | Self::ReviewUnavailable(_) => Some(2),
@@ -107,18 +137,18 @@ impl IntoResponse for Refusal {
 }
 
 /// The heartbeat router.
-pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new().route(HEARTBEAT_PATH, post(handle)).with_state(ctx)
+pub fn router(state: Arc<HeartbeatState>) -> Router {
+    Router::new().route(HEARTBEAT_PATH, post(handle)).with_state(state)
 }
 
-async fn handle(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Body) -> Response {
+async fn handle(State(s): State<Arc<HeartbeatState>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let result = accept(&ctx, &headers, body).await;
+    let result = accept(&s, &headers, body).await;
     let kind = match &result {
         Ok(_) => "accepted",
         Err(r) => r.kind(),
     };
-    ctx.metrics.heartbeat_handled(kind, start.elapsed().as_secs_f64());
+    s.metrics.heartbeat_handled(kind, start.elapsed().as_secs_f64());
     match result {
         Ok(interval) => (
             StatusCode::OK,
@@ -132,25 +162,45 @@ async fn handle(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Body)
     }
 }
 
-async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, Refusal> {
+/// The state of the term this process leads in, once its caches are full.
+fn leading_term(s: &HeartbeatState) -> Result<Arc<TermState>, Refusal> {
+    let term = s.term.borrow().clone().ok_or(Refusal::NotLeader)?;
+    if !s.leadership.holds(&term.term) {
+        return Err(Refusal::NotLeader);
+    }
     // Until its caches are full a new leader cannot tell an unknown worker from a known one.
-    let term = ctx.term().ok_or(Refusal::NotLeader)?;
     if !term.caches_ready() {
         return Err(Refusal::Starting);
     }
+    Ok(term)
+}
+
+async fn accept(s: &HeartbeatState, headers: &HeaderMap, body: Body) -> Result<i32, Refusal> {
+    let term = leading_term(s)?;
     let bytes = to_bytes(body, MAX_HEARTBEAT_BYTES).await.map_err(|_| Refusal::TooLarge)?;
     let token = bearer(headers).ok_or(Refusal::MissingToken)?;
     let beat = Heartbeat::parse(&bytes).map_err(Refusal::Invalid)?;
-    let identity = ctx.reviewer.review(token, &ctx.metrics).await.map_err(|e| match e {
+    let identity = s.reviewer.review(token, &s.metrics).await.map_err(|e| match e {
         AuthError::Unavailable(_) => Refusal::ReviewUnavailable(e),
         other => Refusal::Unauthenticated(other),
     })?;
     let worker = lookup(&term, &beat)?;
     check_binding(&worker, &beat, &identity)?;
     let draining = check_current_pod(&term, &identity)?;
+    record(s, &term, &worker, beat, &identity, draining)
+}
 
+/// Records an authenticated heartbeat of the worker's current pod.
+fn record(
+    s: &HeartbeatState,
+    term: &TermState,
+    worker: &RbeeWorker,
+    beat: Heartbeat,
+    identity: &PodIdentity,
+    draining: bool,
+) -> Result<i32, Refusal> {
     let now = Timestamp::now();
-    ctx.metrics.clock_skew(now.duration_since(beat.sent_at).as_secs_f64());
+    s.metrics.clock_skew(now.duration_since(beat.sent_at).as_secs_f64());
     let interval = worker.spec.heartbeat.interval_seconds;
     let stale_after =
         SignedDuration::from_secs(i64::from(worker.spec.heartbeat.effective_stale_after_seconds()));
@@ -160,14 +210,14 @@ async fn accept(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<i32, R
     let labels =
         WorkerLabels { namespace: beat.worker.namespace.clone(), worker: beat.worker.name.clone() };
     let vram = beat.vram;
-    match ctx.heartbeats.record(&key, &identity.pod_uid, beat, now, min_gap, stale_after) {
+    match term.heartbeats.record(&key, &identity.pod_uid, beat, now, min_gap, stale_after) {
         Recorded::TooFrequent => Err(Refusal::Throttled(interval)),
         Recorded::Accepted { visible_change } => {
-            ctx.metrics.heartbeat_accepted(&labels, now, vram);
+            s.metrics.workers.heartbeat_accepted(&term.term, &labels, now, vram);
             // A draining pod waits for the in-flight count each heartbeat brings.
             if visible_change || draining {
                 // Dropped when the queue is full: the periodic reconcile writes it soon after.
-                let _ = term.trigger.try_send(ObjectRef::from(worker.as_ref()));
+                let _ = term.trigger.try_send(ObjectRef::from(worker));
             }
             Ok(interval)
         }
@@ -180,7 +230,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-fn lookup(term: &Term, beat: &Heartbeat) -> Result<Arc<RbeeWorker>, Refusal> {
+fn lookup(term: &TermState, beat: &Heartbeat) -> Result<Arc<RbeeWorker>, Refusal> {
     let id = &beat.worker;
     term.workers
         .get(&ObjectRef::new(&id.name).within(&id.namespace))
@@ -213,9 +263,8 @@ fn check_binding(worker: &RbeeWorker, beat: &Heartbeat, who: &PodIdentity) -> Re
 }
 
 /// A token of a replaced pod stays valid in the review cache for a while; its heartbeats
-/// must not count for the pod that replaced it.
-/// Refuses a token of a replaced pod; tells whether the current pod is draining.
-fn check_current_pod(term: &Term, who: &PodIdentity) -> Result<bool, Refusal> {
+/// must not count for the pod that replaced it. Tells whether the current pod is draining.
+fn check_current_pod(term: &TermState, who: &PodIdentity) -> Result<bool, Refusal> {
     let Some(current) = term.pods.get(&ObjectRef::new(&who.pod_name).within(&who.namespace)) else {
         return Ok(false);
     };
@@ -224,6 +273,6 @@ fn check_current_pod(term: &Term, who: &PodIdentity) -> Result<bool, Refusal> {
             "pod {} ({}) has been replaced; this token belongs to the old pod",
             who.pod_name, who.pod_uid
         ))),
-        _ => Ok(crate::observe::gate(&current).is_some_and(|g| g.draining_since().is_some())),
+        _ => Ok(crate::gate::is_draining(&current)),
     }
 }

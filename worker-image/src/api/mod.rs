@@ -9,6 +9,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use rbee_api::error::ErrorResponse;
 use serde::de::DeserializeOwned;
 
 use crate::WorkerError;
@@ -44,13 +45,8 @@ impl From<WorkerError> for ApiError {
 
 impl ApiError {
     fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "message": self.0.to_string(),
-                "type": self.0.error_type(),
-                "code": self.0.code(),
-            }
-        })
+        let body = ErrorResponse::new(self.0.to_string(), self.0.error_type(), self.0.code());
+        serde_json::to_value(body).unwrap_or_default()
     }
 }
 

@@ -1,4 +1,5 @@
-//! What the operator remembers of each worker's heartbeats (in memory, leader only).
+//! What the operator remembers of each worker's heartbeats: in memory, for one leadership
+//! term (a new leader starts with none).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -112,11 +113,6 @@ impl HeartbeatStore {
     /// Forgets a worker (deleted).
     pub fn forget(&self, key: &str) {
         self.lock().remove(key);
-    }
-
-    /// Forgets everything (leadership lost: the next leader starts over).
-    pub fn clear(&self) {
-        self.lock().clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeartbeatRecord>> {

@@ -1,7 +1,16 @@
-//! metav1.Condition bookkeeping: a condition keeps its `lastTransitionTime` while its status
-//! stays the same, so a status that only restates itself never counts as a change.
+//! Every condition of an RbeeWorker: the rules that decide each one ([`desired`]), how they
+//! are read back ([`previous`]), the Events their transitions raise ([`transition_notices`]),
+//! and metav1.Condition bookkeeping: a condition keeps its `lastTransitionTime` while its
+//! status stays the same, so a status that only restates itself never counts as a change.
+
+mod notices;
+mod pressure;
+mod rules;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub use notices::transition_notices;
+pub use rules::{desired, previous};
 
 /// `True`, `False` or `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
