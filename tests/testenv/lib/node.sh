@@ -154,8 +154,11 @@ ensure_node_images() {
 
 # build_oci_archive CONTAINERFILE CONTEXT IMAGE OUT: buildah bud, then an OCI archive.
 build_oci_archive() {
-  local tmp="$4.tmp.$$"
+  local tmp="$4.tmp.$$" before
+  before="$(buildah images --quiet --no-trunc "$3" 2>/dev/null || true)"
   buildah bud --quiet --pull=never -f "$1" -t "$3" "$2" >/dev/null || die "buildah bud of $1 failed"
+  [[ -z "$before" || "$before" == "$(buildah images --quiet --no-trunc "$3")" ]] \
+    || buildah rmi "$before" >/dev/null 2>&1 || true
   rm -f "$tmp"
   buildah push --quiet "$3" "oci-archive:$tmp:$3" || die "buildah push of $3 failed"
   mv -f "$tmp" "$4"
@@ -257,6 +260,10 @@ start_node() {
   for name in pause toolbox; do
     archive="$NODE_IMAGES_DIR/$name.oci.tar"
     [[ -n "$(node_ctr images ls -q "name==$(image_of "$name")" 2>/dev/null)" ]] || load_images "$archive"
+  done
+  # What tests/images/build made before, so a down and up keeps the images tests run.
+  for archive in "$REPO_ROOT"/target/images/*.oci.tar; do
+    [[ -f "$archive" ]] && load_images "$archive"
   done
   apply_node_manifests
   start_component kubelet
