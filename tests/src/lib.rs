@@ -3,6 +3,7 @@
 //! print the object when they fail.
 
 pub mod bench;
+pub mod node;
 pub mod operator;
 pub mod runner;
 

@@ -41,12 +41,16 @@ init_versions() {
   KUBERNETES_VERSION="$(module_version "$MODULES_DIR/kubernetes" k8s.io/kubernetes)"
   ETCD_VERSION="$(module_version "$MODULES_DIR/etcd" go.etcd.io/etcd/server/v3)"
   KWOK_VERSION="$(module_version "$MODULES_DIR/kwok" sigs.k8s.io/kwok)"
+  COREDNS_VERSION="$(module_version "$MODULES_DIR/coredns" github.com/coredns/coredns)"
   local hash
   hash="$(cd "$MODULES_DIR" && cat ./*/go.mod ./*/go.sum ./*/*.go | grep -v '^//' | sha256sum | cut -c1-10)"
-  VERSIONS_KEY="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_kubectl-wheel-${KUBECTL_WHEEL_VERSION}_${hash}"
+  VERSIONS_KEY="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_coredns-${COREDNS_VERSION}_kubectl-wheel-${KUBECTL_WHEEL_VERSION}_${hash}"
   CACHE_DIR="$CACHE_ROOT/$VERSIONS_KEY"
   BIN_DIR="$CACHE_DIR/bin"
   PROMETHEUS_CRDS_DIR="$CACHE_DIR/crds/prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"
+  # The node's images: keyed apart from the binaries, by what goes into them.
+  hash="$(cd "$TESTENV_DIR" && cat images/*/Containerfile lib/node.sh | sha256sum | cut -c1-10)"
+  NODE_IMAGES_DIR="$CACHE_ROOT/node-images_k8s-${KUBERNETES_VERSION}_${hash}"
 }
 
 # go_build NAME MODULE_DIR PACKAGE LDFLAGS: builds PACKAGE into BIN_DIR/NAME (temp, then rename).
@@ -136,14 +140,24 @@ fetch_prometheus_crds() {
   mv "$tmp" "$PROMETHEUS_CRDS_DIR"
 }
 
+# wanted_binaries: what this state needs in BIN_DIR (the node's only when it has one).
+wanted_binaries() {
+  echo kube-apiserver kube-controller-manager kube-scheduler etcd kwok kubectl helm
+  node_enabled && echo kubelet kube-proxy coredns
+  return 0
+}
+
 # ensure_binaries: builds or downloads whatever BIN_DIR lacks; a warm cache does nothing.
 ensure_binaries() {
   mkdir -p "$BIN_DIR"
   local missing=() name
-  for name in kube-apiserver kube-controller-manager kube-scheduler etcd kwok kubectl helm; do
+  for name in $(wanted_binaries); do
     [[ -x "$BIN_DIR/$name" ]] || missing+=("$name")
   done
   [[ -d "$PROMETHEUS_CRDS_DIR" ]] || missing+=(prometheus-operator-crds)
+  if node_enabled; then
+    [[ -f "$NODE_IMAGES_DIR/pause.oci.tar" && -f "$NODE_IMAGES_DIR/toolbox.oci.tar" ]] || missing+=(node-images)
+  fi
   if (( ${#missing[@]} == 0 )); then
     step "binaries cached in $BIN_DIR"
     return
@@ -156,9 +170,14 @@ build_missing() {
   local ldflags
   ldflags="$(kubernetes_ldflags)"
   local cmd
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    [[ " $(wanted_binaries | tr '\n' ' ') " == *" $cmd "* ]] || continue
     [[ -x "$BIN_DIR/$cmd" ]] || { require_go; go_build "$cmd" "$MODULES_DIR/kubernetes" "k8s.io/kubernetes/cmd/$cmd" "$ldflags"; }
   done
+  if node_enabled; then
+    [[ -x "$BIN_DIR/coredns" ]] || { require_go; go_build coredns "$MODULES_DIR/coredns" . "-s -w"; }
+    ensure_node_images
+  fi
   [[ -x "$BIN_DIR/etcd" ]] || { require_go; go_build etcd "$MODULES_DIR/etcd" . "-s -w"; }
   [[ -x "$BIN_DIR/kwok" ]] || { require_go; go_build kwok "$MODULES_DIR/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w"; }
   if [[ ! -x "$BIN_DIR/kubectl" || ! -x "$BIN_DIR/helm" ]]; then

@@ -21,8 +21,8 @@ component_argv() {
       --log-level=warn) ;;
     kube-apiserver) ARGV=("$BIN_DIR/kube-apiserver"
       --etcd-servers="http://127.0.0.1:$ETCD_PORT"
-      --bind-address=127.0.0.1
-      --advertise-address=127.0.0.1
+      --bind-address="$API_HOST"
+      --advertise-address="$API_HOST"
       --secure-port="$API_PORT"
       --tls-cert-file="$pki/kube-apiserver.crt"
       --tls-private-key-file="$pki/kube-apiserver.key"
@@ -41,14 +41,17 @@ component_argv() {
       --proxy-client-cert-file="$pki/front-proxy-client.crt"
       --proxy-client-key-file="$pki/front-proxy-client.key"
       --allow-privileged=true
-      # Nothing runs in-cluster to reach 127.0.0.1 through the `kubernetes` Service, and
-      # a loopback address in its Endpoints is invalid.
-      --endpoint-reconciler-type=none
+      --kubelet-client-certificate="$pki/kube-apiserver-kubelet-client.crt"
+      --kubelet-client-key="$pki/kube-apiserver-kubelet-client.key"
+      --kubelet-preferred-address-types=InternalIP
       --audit-policy-file="$TESTENV_DIR/audit-policy.yaml"
       --audit-log-path="$STATE/logs/audit.log"
       --audit-log-maxsize=200
       --audit-log-maxbackup=1
-      --profiling=false) ;;
+      --profiling=false)
+      # Without a node nothing in a pod reaches the API server, and 127.0.0.1 is not a valid
+      # address for the `kubernetes` Service's endpoints.
+      [[ "$API_HOST" != 127.0.0.1 ]] || ARGV+=(--endpoint-reconciler-type=none) ;;
     kube-controller-manager) ARGV=("$BIN_DIR/kube-controller-manager"
       --kubeconfig="$STATE/kube-controller-manager.kubeconfig"
       --authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig"
@@ -87,7 +90,7 @@ component_argv() {
       --node-lease-duration-seconds=40
       --cidr=10.244.0.0/16) ;;
     local-node-heartbeat) ARGV=(bash "$TESTENV_DIR/testenv" _local-node-heartbeat "$STATE/" "$BIN_DIR") ;;
-    *) die "unknown component $1" ;;
+    *) node_component_argv "$1" || die "unknown component $1" ;;
   esac
 }
 
@@ -103,9 +106,15 @@ component_ports() {
 }
 
 component_listen() {
-  local ports p out=""
+  local ports p out="" host=127.0.0.1
   ports="$(component_ports "$1")"
-  for p in $ports; do out+="127.0.0.1:$p "; done
+  case "$1" in
+    kube-apiserver) host="$API_HOST" ;;
+    kubelet) ports="$KUBELET_PORT $KUBELET_HEALTHZ_PORT"; host="$NODE_IP" ;;
+    kube-proxy) ports="$KUBE_PROXY_HEALTHZ_PORT $KUBE_PROXY_METRICS_PORT"; host="$NODE_IP" ;;
+    coredns) ports="53 $COREDNS_READY_PORT"; host="$NODE_IP" ;;
+  esac
+  for p in $ports; do out+="$host:$p "; done
   printf '%s\n' "${out:--}"
 }
 
@@ -230,7 +239,7 @@ wait_api_ready() {
     (( SECONDS < deadline )) || fail_start kube-apiserver "was not ready (/readyz) within 90s"
     sleep 0.5
   done
-  step "kube-apiserver is ready on https://127.0.0.1:$API_PORT"
+  step "kube-apiserver is ready on https://$API_HOST:$API_PORT"
 }
 
 start_all() {
@@ -244,28 +253,28 @@ start_all() {
   start_component local-node-heartbeat
   wait_port kube-controller-manager "$KCM_PORT"
   wait_port kube-scheduler "$SCHEDULER_PORT"
+  start_node
 }
 
 stop_all() {
+  stop_node
   stop_components "${COMPONENTS[@]}"
 }
 
-# stop_components NAME...: SIGTERM in reverse start order, SIGKILL after 15s.
+# stop_components NAME...: in reverse start order, one after the other (the API server
+# leaves etcd its last words), SIGTERM, SIGKILL after 15s.
 stop_components() {
-  local i name pid pids=()
+  local i name pid deadline
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     name="${COMPONENTS[i]}"
     [[ " $* " == *" $name "* ]] || continue
     pid="$(component_pid "$name")" || continue
     step "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    pids+=("$pid")
-  done
-  local deadline=$((SECONDS + 15))
-  for pid in "${pids[@]}"; do
-    while [[ -e "/proc/$pid" ]] && (( SECONDS < deadline )); do sleep 0.2; done
+    deadline=$((SECONDS + 15))
+    while [[ -e "/proc/$pid" ]] && (( SECONDS < deadline )); do sleep 0.1; done
     if [[ -e "/proc/$pid" ]]; then
-      step "pid $pid did not stop within 15s; killing it"
+      step "$name (pid $pid) did not stop within 15s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done

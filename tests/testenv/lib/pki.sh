@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # used by lib/components.sh
 # The testenv PKI (openssl) and kubeconfigs. Sourced by tests/testenv/testenv; expects STATE,
-# API_PORT and the step/die helpers.
+# API_HOST, API_PORT, NODE_NAME, NODE_IP and the step/die helpers.
 
 PKI_DIR_NAME=pki
 # The first address of --service-cluster-ip-range: the `kubernetes` Service's ClusterIP.
@@ -56,7 +56,7 @@ ensure_pki() {
   make_ca front-proxy-ca rbee-testenv-front-proxy-ca
   issue_cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
   issue_cert kube-apiserver "/CN=kube-apiserver" serverAuth \
-    "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP"
+    "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP,IP:$NODE_IP"
   issue_cert admin "/O=system:masters/CN=admin" clientAuth
   issue_cert kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
   issue_cert kube-scheduler "/CN=system:kube-scheduler" clientAuth
@@ -64,6 +64,13 @@ ensure_pki() {
   # rbee-local-0's kubelet identity: the Node authorizer lets it renew its own Lease and mint
   # tokens for the ServiceAccounts of pods bound to it, as the e2e runner's "kubelet" needs.
   issue_cert node-rbee-local-0 "/O=system:nodes/CN=system:node:rbee-local-0" clientAuth
+  # The real node: its kubelet's identity and serving certificate, kube-proxy, CoreDNS, and
+  # the API server's client certificate for the kubelet (logs, exec).
+  issue_cert "node-$NODE_NAME" "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
+  issue_cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" serverAuth "DNS:$NODE_NAME,IP:$NODE_IP"
+  issue_cert kube-proxy "/CN=system:kube-proxy" clientAuth
+  issue_cert coredns "/CN=system:rbee-coredns" clientAuth
+  issue_cert kube-apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" clientAuth
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   chmod 600 "$pki"/*.key
@@ -78,7 +85,7 @@ kind: Config
 clusters:
 - name: rbee-testenv
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$API_HOST:$API_PORT
     certificate-authority-data: $(base64 -w0 < "$STATE/$PKI_DIR_NAME/ca.crt")
 contexts:
 - name: rbee-testenv
@@ -125,7 +132,7 @@ EOF
 ensure_kubeconfigs() {
   write_cert_kubeconfig "$STATE/kubeconfig" admin
   local name
-  for name in kube-controller-manager kube-scheduler kwok node-rbee-local-0; do
+  for name in kube-controller-manager kube-scheduler kwok node-rbee-local-0 "node-$NODE_NAME" kube-proxy coredns; do
     write_cert_kubeconfig "$STATE/$name.kubeconfig" "$name"
   done
 }
