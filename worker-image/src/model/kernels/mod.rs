@@ -304,34 +304,12 @@ pub fn matmul(w: &QMatrix, x: &QActivations, out: &mut [f32]) {
     });
 }
 
-/// `x` rounded (to nearest, ties to even) to the closest f16 value; for the range of
-/// activation scales, so overflow to infinity is not handled.
+/// `x` rounded (to nearest, ties to even) to the closest f16 value.
 pub fn round_to_f16(x: f32) -> f32 {
-    const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
-    if x.abs() < MIN_NORMAL {
-        // Subnormal f16: multiples of 2^-24.
-        let scale = (1u32 << 24) as f32;
-        return (x * scale).round_ties_even() / scale;
-    }
-    // Drop the 13 low mantissa bits of the f32, rounding to even.
-    let b = x.to_bits();
-    f32::from_bits((b + 0x0fff + ((b >> 13) & 1)) & !0x1fff)
+    half::f16::from_f32(x).to_f32()
 }
 
 /// IEEE half-precision bits to f32.
 pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h as u32) & 0x8000) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: normalize the mantissa.
-            let shift = mant.leading_zeros() - 21;
-            sign | ((113 - shift) << 23) | (((mant << shift) & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (mant << 13),
-        _ => sign | ((exp + 112) << 23) | (mant << 13),
-    };
-    f32::from_bits(bits)
+    half::f16::from_bits(h).to_f32()
 }
