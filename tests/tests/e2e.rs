@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -16,6 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use rbee_api::RbeeWorker;
+use rbee_testkit::node::model_dir;
 use rbee_testkit::operator::OperatorProcess;
 use rbee_testkit::runner::{LOCAL_NODE, LocalKubelet, RunnerConfig, node_kubeconfig};
 use rbee_testkit::{
@@ -28,26 +28,6 @@ const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const MODEL_NAME: &str = "smollm2-135m-instruct";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The directory holding the fetched GGUF (fetch-model runs once per test process).
-fn model_dir() -> anyhow::Result<PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = std::process::Command::new(repo_root().join("worker-image/scripts/fetch-model"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running fetch-model: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("fetch-model failed: {}", out.status));
-        }
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        path.parent()
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{} has no directory", path.display()))
-    })
-    .clone()
-    .map_err(|e| anyhow::anyhow!(e))
-}
 
 fn worker_binary() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("RBEE_WORKER_BIN") {
