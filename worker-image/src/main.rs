@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(steps) = args.verify_against_cpu {
-        return llm_worker_rbee::server::verify_against_cpu(&args, steps);
+        return llm_worker_rbee::parity::run(&args, steps);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,9 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::WorkerError;
-use crate::model::{self, LoadOptions, LoadedModel};
+use crate::cli::Args;
+use crate::model::{self, LoadOptions, LoadedModel, device_for};
+use crate::server::load_options;
 
 /// How the backend's logits compare with the CPU's on the same tokens.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,6 +37,15 @@ pub struct ParityReport {
 
 /// Tokens of the prompt: more than 8, so that prefill takes the batched matmul kernels.
 const PROMPT_TOKENS: u32 = 24;
+
+/// `--verify-against-cpu STEPS`: compares the backend with the CPU on --model and prints the
+/// report as JSON.
+pub fn run(args: &Args, steps: usize) -> anyhow::Result<()> {
+    let device = device_for(args.backend.into(), args.device)?;
+    let report = compare(&load_options(args), &device, &args.device_label(), steps)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
 
 /// Loads the model on `device` and on the CPU and compares `steps` greedy steps after a
 /// prompt of the ids 0, 1, 2, ...

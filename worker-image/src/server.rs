@@ -75,15 +75,6 @@ pub fn load_options(args: &Args) -> LoadOptions {
     }
 }
 
-/// `--verify-against-cpu STEPS`: compares the backend with the CPU on --model and prints the
-/// report as JSON.
-pub fn verify_against_cpu(args: &Args, steps: usize) -> anyhow::Result<()> {
-    let device = device_for(args.backend.into(), args.device)?;
-    let report = crate::parity::compare(&load_options(args), &device, &args.device_label(), steps)?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
-}
-
 /// A worker that cannot start (no driver, no device) reports `state: error` with the reason
 /// in one last heartbeat, then exits.
 async fn cannot_start(
