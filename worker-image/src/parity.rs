@@ -41,7 +41,7 @@ const PROMPT_TOKENS: u32 = 24;
 /// `--verify-against-cpu STEPS`: compares the backend with the CPU on --model and prints the
 /// report as JSON.
 pub fn run(args: &Args, steps: usize) -> anyhow::Result<()> {
-    let device = device_for(args.backend.into(), args.device)?;
+    let device = device_for(args.backend, args.device)?;
     let report = compare(&load_options(args), &device, &args.device_label(), steps)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
