@@ -154,7 +154,7 @@ class Report(Plots):
         L += [f"| Worker decode tokens/s vs llama.cpp | {fmt(keys['worker_decode_ratio_vs_llamacpp'])}× | (peer) | |",
               f"| Worker prefill tokens/s vs llama.cpp | {fmt(keys['worker_prefill_ratio_vs_llamacpp'])}× | (peer) | |", ""]
         L += self.section_reconcile(figs) + self.section_heartbeat(keys, figs) + self.section_stale(figs)
-        L += self.section_memory(keys, figs) + self.section_worker(figs)
+        L += self.section_memory(keys, figs) + self.section_worker(figs) + self.section_gpu()
         return "\n".join(L) + "\n"
 
     def section_reconcile(self, figs):
@@ -349,6 +349,42 @@ class Report(Plots):
                 L += ["", f"![start]({figs['start']})"]
         return L
 
+    def section_gpu(self):
+        g = load(self.args.gpu_check)
+        L = ["", "## 7. Worker on a GPU", "",
+             "`worker-image/scripts/gpu-check`: the cuda build (kernels for compute capabilities 80, 89 and 90) "
+             "on generated Llama models (`rbee-gen-model`, weights from a seed): 32 greedy steps against the "
+             "worker's own cpu path for each quant format, the heartbeat's VRAM against `nvidia-smi`, and decode "
+             "and prefill speed of a TinyLlama-1.1B-shaped model through the HTTP API. **Floor:** the weight bytes "
+             "one token reads, at the GPU's memory bandwidth (driver: memory clock × bus width).", ""]
+        if not g or g.get("mode") != "gpu":
+            return L + ["Not measured: no GPU was available to the runs that wrote this file. Run "
+                        "`worker-image/scripts/gpu-check` on a GPU machine and copy its `gpu-check.json` to "
+                        "`docs/gpu-check.json`.", "",
+                        "| | measured | target |", "|---|---|---|",
+                        "| greedy tokens equal to the cpu path (Q4_0, Q4_1, Q8_0, Q4_K) | not measured | all |",
+                        "| largest logit difference / largest logit | not measured | ≤ 0.02 |",
+                        "| heartbeat VRAM used vs nvidia-smi | not measured | within 5% |",
+                        "| decode, fraction of memory bandwidth (Q8_0, Q4_1) | not measured | ≥ 0.7 |",
+                        "| prefill tokens/s, 2,048-token prompt | not measured | |", ""]
+        m, par, hb, sp = g["machine"], g["parity"], g["heartbeat"], g["speed"]["formats"]
+        L += [f"**Machine:** {m['gpu']} (driver {m['driver']}, {m['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s), "
+              f"{m['host_cores']} host cores; gpu-check took {g['duration_s']:.0f} s.", "",
+              "| format | tokens equal | logit difference / largest | tolerance |", "|---|---|---|---|"]
+        for fmt_name, r in par["formats"].items():
+            L.append(f"| {fmt_name} | {r.get('tokens_equal', 'error')} | {fmt(r.get('relative_logit_diff'), 5)} | "
+                     f"{par['tolerance_relative']} |")
+        L += ["", f"Heartbeat VRAM used {hb['vram']['usedBytes'] / 2**30:.2f} GiB vs nvidia-smi "
+              f"{hb['nvidia_smi_used_bytes'] / 2**30:.2f} GiB (difference {hb['used_difference']:.1%}); "
+              f"UUID and name match: {hb['uuid_matches'] and hb['name_matches']}.", "",
+              "| format | weight bytes/token | decode tokens/s | fraction of bandwidth (goal 0.7) | prefill tokens/s |",
+              "|---|---|---|---|---|"]
+        for fmt_name, r in sp.items():
+            L.append(f"| {fmt_name} | {r['weight_bytes_per_token'] / 2**20:.0f} MiB | {fmt(r['decode_tokens_per_s'])} | "
+                     f"{fmt(r['bandwidth_fraction'], 3)} | {fmt(r['prefill_tokens_per_s'])} "
+                     f"({r['prefill_prompt_tokens']} tokens) |")
+        return L + [""]
+
 
 def machine_here():
     mem = 0
@@ -366,6 +402,8 @@ def main():
     ap.add_argument("--heartbeat")
     ap.add_argument("--worker-bench")
     ap.add_argument("--worker")
+    ap.add_argument("--gpu-check", default=os.path.join(os.path.dirname(__file__), "../../docs/gpu-check.json"),
+                    help="gpu-check.json of worker-image/scripts/gpu-check on a GPU (default: docs/gpu-check.json)")
     ap.add_argument("--docs", required=True)
     ap.add_argument("--command", required=True)
     ap.add_argument("--mode", required=True)

@@ -102,6 +102,11 @@ pub struct Args {
     /// UID of this pod (downward API; needed with --heartbeat-url).
     #[arg(long, env = env::POD_UID)]
     pub pod_uid: Option<String>,
+
+    /// Instead of serving: run STEPS greedy steps of --model on --backend and on the CPU,
+    /// print how their tokens and logits differ as JSON, and exit.
+    #[arg(long, value_name = "STEPS")]
+    pub verify_against_cpu: Option<usize>,
 }
 
 impl Args {

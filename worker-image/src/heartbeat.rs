@@ -54,16 +54,7 @@ pub fn heartbeat(status: &EngineStatus, cfg: &HeartbeatConfig, sequence: u64) ->
 
 /// Sends heartbeats until the process ends.
 pub async fn run(status: Arc<EngineStatus>, cfg: HeartbeatConfig) {
-    let client = match reqwest::Client::builder()
-        .timeout(cfg.interval.clamp(Duration::from_millis(500), Duration::from_secs(5)))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the heartbeat client; no heartbeats will be sent");
-            return;
-        }
-    };
+    let Some(client) = client(&cfg) else { return };
     tracing::info!(url = %cfg.url, interval_s = cfg.interval.as_secs_f64(), "sending heartbeats");
     let mut sequence = 0u64;
     let mut failures = 0u32;
@@ -88,6 +79,39 @@ pub async fn run(status: Arc<EngineStatus>, cfg: HeartbeatConfig) {
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Sends one heartbeat, retrying for at most `patience`: the last word of a worker that
+/// cannot start (its state says `error` and why).
+pub async fn send_final(status: &EngineStatus, cfg: &HeartbeatConfig, patience: Duration) {
+    let Some(client) = client(cfg) else { return };
+    let started = tokio::time::Instant::now();
+    for failures in 1.. {
+        match send(&client, status, cfg, failures.into()).await {
+            Ok(()) => {
+                tracing::info!(state = ?status.state(), "final heartbeat accepted");
+                return;
+            }
+            Err(Retry { after, why }) => {
+                let wait = after.unwrap_or_else(|| backoff(cfg.interval, failures));
+                if started.elapsed() + wait > patience {
+                    tracing::warn!(failures, error = %why, "final heartbeat not accepted");
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn client(cfg: &HeartbeatConfig) -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(cfg.interval.clamp(Duration::from_millis(500), Duration::from_secs(5)))
+        .build()
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "cannot build the heartbeat client; no heartbeats will be sent")
+        })
+        .ok()
 }
 
 struct Retry {

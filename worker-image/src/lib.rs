@@ -15,6 +15,7 @@ pub mod generate;
 pub mod heartbeat;
 pub mod metrics;
 pub mod model;
+pub mod parity;
 pub mod resources;
 pub mod server;
 pub mod status;

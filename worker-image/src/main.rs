@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(steps) = args.verify_against_cpu {
+        return llm_worker_rbee::parity::run(&args, steps);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -4,19 +4,23 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use crate::EngineStatus;
 use crate::cli::Args;
 use crate::engine::{EngineConfig, engine};
+use crate::heartbeat::HeartbeatConfig;
 use crate::metrics::Metrics;
 use crate::model::{LoadOptions, device_for};
+use crate::{EngineStatus, WorkerError};
 
 /// Runs the worker until SIGTERM/SIGINT: serves HTTP at once (503 while loading), loads the
 /// model on the engine thread, then drains in-flight requests within the grace period.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let backend = args.backend;
-    let device = device_for(backend, args.device)?;
     let status = EngineStatus::new(backend, args.device_label());
     let heartbeat = args.heartbeat_config()?;
+    let device = match device_for(backend, args.device) {
+        Ok(device) => device,
+        Err(e) => return Err(cannot_start(&status, heartbeat.as_ref(), e).await),
+    };
     let metrics = Metrics::new(backend.as_str(), &args.device_label());
     let config = EngineConfig { max_queue: args.max_queue, max_batch: args.max_batch as usize };
     let (handle, runner) = engine(config, status.clone(), metrics);
@@ -24,15 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind_address))?;
     tracing::info!(address = %args.bind_address, "listening");
-    let opts = LoadOptions {
-        model_path: args.model.clone(),
-        tokenizer_path: args.tokenizer.clone(),
-        model_name: args.model_name.clone(),
-        sha256: args.model_sha256.clone(),
-        context_length: args.context_length,
-        cpu_kernels: args.cpu_kernels,
-    };
-    let engine_thread = runner.spawn(opts, device)?;
+    let engine_thread = runner.spawn(load_options(&args), device)?;
     if let Some(cfg) = heartbeat {
         tokio::spawn(crate::heartbeat::run(status.clone(), cfg));
     }
@@ -66,6 +62,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How to load the model the flags name.
+pub fn load_options(args: &Args) -> LoadOptions {
+    LoadOptions {
+        model_path: args.model.clone(),
+        tokenizer_path: args.tokenizer.clone(),
+        model_name: args.model_name.clone(),
+        sha256: args.model_sha256.clone(),
+        context_length: args.context_length,
+        cpu_kernels: args.cpu_kernels,
+    }
+}
+
+/// A worker that cannot start (no driver, no device) reports `state: error` with the reason
+/// in one last heartbeat, then exits.
+async fn cannot_start(
+    status: &EngineStatus,
+    heartbeat: Option<&HeartbeatConfig>,
+    e: WorkerError,
+) -> anyhow::Error {
+    tracing::error!(error = %e, "cannot start");
+    status.set_load_error(e.to_string());
+    if let Some(cfg) = heartbeat {
+        crate::heartbeat::send_final(status, cfg, FINAL_HEARTBEAT_PATIENCE).await;
+    }
+    e.into()
+}
+
+/// How long a worker that cannot start tries to report that before it exits.
+const FINAL_HEARTBEAT_PATIENCE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -163,8 +163,14 @@ pub fn device_for(backend: Backend, device: u32) -> Result<Device, WorkerError> 
     match backend {
         Backend::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        Backend::Cuda => Device::new_cuda(device as usize)
-            .map_err(|e| WorkerError::Backend(format!("cannot open CUDA device {device}: {e}"))),
+        Backend::Cuda => {
+            crate::resources::check_cuda_device(device).map_err(WorkerError::Backend)?;
+            Device::new_cuda(device as usize).map_err(|e| {
+                WorkerError::Backend(format!(
+                    "--backend cuda: cannot open CUDA device {device}: {e}"
+                ))
+            })
+        }
         #[cfg(not(feature = "cuda"))]
         Backend::Cuda => Err(WorkerError::Backend(format!(
             "--backend cuda (device {device}) was requested, but this llm-worker-rbee was built \
