@@ -7,7 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rbee_api::names::env;
 use rbee_api::worker::Backend;
 
-use crate::model::CpuKernels;
+use crate::model::{CpuKernels, LoadOptions};
 
 /// `--backend`: the names of [`Backend`], listed in `--help`.
 fn backend_parser() -> impl TypedValueParser<Value = Backend> {
@@ -143,6 +143,18 @@ impl Args {
         match self.backend {
             Backend::Cpu => "cpu".into(),
             Backend::Cuda => format!("cuda:{}", self.device),
+        }
+    }
+
+    /// How to load the model the flags name.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            model_path: self.model.clone(),
+            tokenizer_path: self.tokenizer.clone(),
+            model_name: self.model_name.clone(),
+            sha256: self.model_sha256.clone(),
+            context_length: self.context_length,
+            cpu_kernels: self.cpu_kernels,
         }
     }
 }

@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::WorkerError;
 use crate::cli::Args;
 use crate::model::{self, LoadOptions, LoadedModel, device_for};
-use crate::server::load_options;
 
 /// How the backend's logits compare with the CPU's on the same tokens.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,7 +41,7 @@ const PROMPT_TOKENS: u32 = 24;
 /// report as JSON.
 pub fn run(args: &Args, steps: usize) -> anyhow::Result<()> {
     let device = device_for(args.backend, args.device)?;
-    let report = compare(&load_options(args), &device, &args.device_label(), steps)?;
+    let report = compare(&args.load_options(), &device, &args.device_label(), steps)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

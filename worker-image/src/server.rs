@@ -8,7 +8,7 @@ use crate::cli::Args;
 use crate::engine::{EngineConfig, engine};
 use crate::heartbeat::HeartbeatConfig;
 use crate::metrics::Metrics;
-use crate::model::{LoadOptions, device_for};
+use crate::model::device_for;
 use crate::{EngineStatus, WorkerError};
 
 /// Runs the worker until SIGTERM/SIGINT: serves HTTP at once (503 while loading), loads the
@@ -28,7 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind_address))?;
     tracing::info!(address = %args.bind_address, "listening");
-    let engine_thread = runner.spawn(load_options(&args), device)?;
+    let engine_thread = runner.spawn(args.load_options(), device)?;
     if let Some(cfg) = heartbeat {
         tokio::spawn(crate::heartbeat::run(status.clone(), cfg));
     }
@@ -61,18 +61,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// How to load the model the flags name.
-pub fn load_options(args: &Args) -> LoadOptions {
-    LoadOptions {
-        model_path: args.model.clone(),
-        tokenizer_path: args.tokenizer.clone(),
-        model_name: args.model_name.clone(),
-        sha256: args.model_sha256.clone(),
-        context_length: args.context_length,
-        cpu_kernels: args.cpu_kernels,
-    }
 }
 
 /// A worker that cannot start (no driver, no device) reports `state: error` with the reason
